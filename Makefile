@@ -1,0 +1,40 @@
+# scalelab: `make demo` and `make test` set up .venv when missing, then run.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PIP     := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
+# Demo settings: the run directory and how many minutes of pretraining.
+RUN     ?= runs/demo
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test test-fast lint bench setup clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) -e '.[test,data,export]' 2>&1 | grep -v 'is ignored: it is neither a file nor a directory' || true
+	$(BIN)/python -c "import scalelab, torch, sklearn, tokenizers, transformers, fastapi" 
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(RUN)
+
+test: $(STAMP)
+	bash scripts/setup_browser.sh || echo "note: no Chromium; the browser test will be skipped"
+	$(BIN)/python -m pytest -q --timeout 900 tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check scalelab tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_mlp.py
+	$(BIN)/python benchmarks/bench_pretrain.py
+	$(BIN)/python benchmarks/bench_generate.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

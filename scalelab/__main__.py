@@ -1,0 +1,58 @@
+"""`scalelab <command> [flags]`: one dict from command name to the module whose main(argv) runs it.
+
+Modules are imported only when their command runs, so `scalelab --help` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from scalelab.common import UsageError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "curves": ("scalelab.cli.curves", "learning curves: MLP vs classical baselines over training-set size"),
+    "compute-curves": ("scalelab.cli.compute_curves", "test score vs training FLOPs over MLP width and epochs"),
+    "tokenizer": ("scalelab.cli.tokenizer", "build the corpus, train a byte-level BPE tokenizer, write token shards"),
+    "pretrain": ("scalelab.cli.pretrain", "pretrain a Llama-style Transformer on the token shards"),
+    "sample": ("scalelab.cli.sample", "generate text from a checkpoint"),
+    "sft": ("scalelab.cli.sft", "supervised fine-tuning on the chat task mixture"),
+    "eval": ("scalelab.cli.evaluate", "score a checkpoint on every task"),
+    "chat": ("scalelab.cli.chat", "chat with a model in the terminal"),
+    "report": ("scalelab.cli.report", "render report.md and plots from a run's JSON files"),
+    "export": ("scalelab.cli.export", "export a run to Hugging Face or GGUF format"),
+    "import": ("scalelab.cli.import_", "import a Hugging Face Llama checkpoint as a scalelab run"),
+    "serve": ("scalelab.cli.serve", "OpenAI-compatible HTTP server and web chat page"),
+    "scaling": ("scalelab.cli.scaling", "scaling sweep: fit loss = E + A/N^a + B/D^b"),
+}
+
+
+def usage() -> str:
+    width = max(len(k) for k in COMMANDS)
+    lines = ["usage: scalelab <command> [flags]   (scalelab <command> --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"scalelab: error: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except UsageError as e:
+        print(f"scalelab {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nscalelab {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Shared plumbing: user errors, devices and dtypes, seeding, distributed init, rank-0 output, atomic files, progress.
+
+Nothing here runs on import. Every rank may call every function; only rank 0 prints and writes (see ``print0``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class UsageError(Exception):
+    """Bad input from the user: the CLI prints it on one line and exits with code 2 (no traceback)."""
+
+
+# ----------------------------------------------------------------------------------------------- distributed / ranks
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info() -> DistInfo:
+    """Rank info from torchrun's environment variables (single process when absent)."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                    int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Initialise torch.distributed under torchrun (gloo on CPU, NCCL on CUDA); no-op for one process."""
+    import torch
+    import torch.distributed as dist
+
+    info = dist_info()
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def destroy_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    return dist_info().is_main
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print() on rank 0 only."""
+    if is_main_process():
+        print(*args, **kwargs, flush=True)
+
+
+def progress(iterable: Iterable | None = None, **kwargs: Any):
+    """A tqdm bar on rank 0 (and disabled elsewhere or when SCALELAB_NO_PROGRESS=1)."""
+    from tqdm.auto import tqdm
+
+    disable = not is_main_process() or os.environ.get("SCALELAB_NO_PROGRESS") == "1"
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(iterable, disable=disable, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- devices and dtypes
+
+def resolve_device(name: str = "auto") -> str:
+    """'auto' picks CUDA, then MPS, then CPU. An unavailable explicit choice is a UsageError."""
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device '{name}' requested but CUDA is not available (use --device cpu or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("device 'mps' requested but MPS is not available (use --device cpu or auto)")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise UsageError(f"unknown device '{name}' (choose auto, cpu, cuda, cuda:N or mps)")
+    return name
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast is a real speed-up."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: str) -> str:
+    """'auto' -> bf16 where the device does it fast (CUDA with bf16, CPU with AMX/AVX512-BF16), else fp32."""
+    import torch
+
+    name = (name or "auto").lower()
+    if name in ("fp32", "float32"):
+        return "fp32"
+    if name in ("bf16", "bfloat16"):
+        return "bf16"
+    if name in ("fp16", "float16"):
+        return "fp16"
+    if name != "auto":
+        raise UsageError(f"unknown dtype '{name}' (choose auto, fp32, bf16 or fp16)")
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cpu":
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    return "fp32"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a kill never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

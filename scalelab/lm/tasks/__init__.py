@@ -1,0 +1,1 @@
+"""scalelab.lm.tasks."""
