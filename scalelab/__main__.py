@@ -23,7 +23,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("scalelab.cli.export", "export a run to Hugging Face or GGUF format"),
     "import": ("scalelab.cli.import_", "import a Hugging Face Llama checkpoint as a scalelab run"),
     "serve": ("scalelab.cli.serve", "OpenAI-compatible HTTP server and web chat page"),
-    "scaling": ("scalelab.cli.scaling", "scaling sweep: fit loss = E + A/N^a + B/D^b"),
 }
 
 
