@@ -103,14 +103,14 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
         _write_tokenizer_files(tok, tmp)
-        _swap_dir(tmp, directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory / TOKENIZER_FILE
 
 
-def _swap_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path) -> None:
     """Replace ``target`` by ``new`` with renames only (the old folder is removed after the new one is in place)."""
     old = None
     if target.exists():
@@ -136,7 +136,7 @@ def copy_tokenizer(src: str | Path, directory: str | Path) -> Path:
                     shutil.copy2(f, tmp / f.name)
         else:  # a bare tokenizer.json: write the HF side too
             _write_tokenizer_files(load_tokenizer(src_file), tmp)
-        _swap_dir(tmp, directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
