@@ -113,3 +113,78 @@ def test_bad_multiple_choice_files_name_file_and_line(tmp_path: Path) -> None:
         load_mc_file(hs)
     with pytest.raises(UsageError, match="unknown multiple-choice set"):
         load_mc_set("nope")
+
+
+# ----------------------------------------------------------------------------------------------- task scoring
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from scalelab.lm.tokenizer import train_tokenizer
+
+    text = ["What is 12 plus 30? Add 4 and 5. Subtract 3 from 9. Calculate 7 * 8. The sum of 1 and 2."] * 50
+    return train_tokenizer(text, vocab_size=300)
+
+
+def test_task_scores_through_a_stub_completion(tok) -> None:
+    from scalelab.lm.chat import render_prompt
+    from scalelab.lm.evaluate import decode, evaluate_task
+    from scalelab.lm.tasks.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask(max_digits=2)
+    examples = task.eval_examples(4, seed=0)
+    answers = {tuple(render_prompt(tok, ex.messages)): ex.reference["answer"] for ex in examples}
+    # hand-checked: the stub answers examples 0 and 2 right (1 with a closing <|end|>), 1 wrong, 3 right without <|end|>
+    canned = {0: "{a}<|end|>", 1: "{wrong}<|end|>", 2: "The answer is {a}.<|end|>", 3: "{a}"}
+    order = [tuple(render_prompt(tok, ex.messages)) for ex in examples]
+    seen_stops = []
+
+    def stub(prompts, stop_ids):
+        seen_stops.append(stop_ids)
+        out = []
+        for p in prompts:
+            a = answers[tuple(p)]
+            out.append(canned[order.index(tuple(p))].format(a=a, wrong=int(a) + 1))
+        return out
+
+    res = evaluate_task(task, "chat", tok, stub, limit=4, seed=0, samples=2)
+    assert res["n"] == 4 and res["score"] == pytest.approx(3 / 4)
+    assert res["metrics"]["ended"] == pytest.approx(3 / 4) and res["metrics"]["exact"] == pytest.approx(2 / 4)
+    assert len(res["samples"]) == 2 and res["samples"][1]["score"] == 0.0
+    assert seen_stops[0] == [tok.token_to_id("<|end|>"), tok.token_to_id("<|bos|>")]
+    assert decode(tok, tok.encode("<|end|>").ids) == "<|end|>"
+
+
+def test_base_stage_uses_few_shot_text_and_cuts_the_continuation(tok) -> None:
+    from scalelab.lm.evaluate import evaluate_task
+    from scalelab.lm.tasks.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask(max_digits=2)
+    examples = task.eval_examples(3, seed=0)
+    prompts_seen = []
+
+    def stub(prompts, stop_ids):
+        prompts_seen.extend(prompts)
+        # the base model answers then rambles on with the next question: the cut must drop the ramble
+        return [f" {ex.reference['answer']}\n\nQuestion: What is 1 plus 1?\nAnswer: 3" for ex in examples]
+
+    res = evaluate_task(task, "base", tok, stub, limit=3, seed=0, few_shot=2)
+    assert res["score"] == 1.0
+    text = tok.decode(prompts_seen[0], skip_special_tokens=False)
+    assert text.startswith("<|bos|>Question:") and text.count("Answer:") == 3 and text.endswith("Answer:")
+    # a prompt longer than the room left is cut from the left, BOS kept
+    res = evaluate_task(task, "base", tok, stub, limit=3, seed=0, few_shot=2, max_prompt_len=20)
+    assert res["truncated_prompts"] == 3 and all(len(p) <= 20 and p[0] == 0 for p in prompts_seen[3:])
+
+
+def test_chat_stage_without_a_template_is_a_clear_error(tmp_path: Path) -> None:
+    from scalelab.lm.evaluate import require_chat_template
+    from scalelab.runs import RunDir
+
+    run = RunDir(tmp_path)
+    run.tokenizer_dir.mkdir()
+    (run.tokenizer_dir / "tokenizer_config.json").write_text('{"bos_token": "<|bos|>"}')
+    with pytest.raises(UsageError, match="no chat template"):
+        require_chat_template(run)
+    (run.tokenizer_dir / "tokenizer_config.json").write_text('{"chat_template": "{{ x }}"}')
+    require_chat_template(run)
