@@ -92,7 +92,7 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         return f"the request body is not valid JSON ({first.get('ctx', {}).get('error', first.get('msg'))})", None
     if first.get("type") == "missing":
         return f"missing required parameter '{param}'", param
-    msg = str(first.get("msg", "invalid value"))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
     return (f"invalid value for '{param}': {msg}{more}" if param else f"invalid request: {msg}{more}"), param
 
@@ -364,8 +364,10 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
             prompt_ids = render_prompt(served.tokenizer, messages, where="request")
-        except UsageError as e:
-            raise APIError(400, str(e), param="messages") from None
+        except UsageError as e:  # "request: messages[1].role: ..." -> param messages[1].role
+            message = str(e).removeprefix("request: ")
+            head = message.split(": ", 1)[0]
+            raise APIError(400, message, param=head if head.startswith("messages") else "messages") from None
         req = _submit(served, body, prompt_ids, "messages")
         id_, created, model = schemas.new_id("chatcmpl"), schemas.now(), served.model_id
         if body.stream:
