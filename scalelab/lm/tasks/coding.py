@@ -150,9 +150,16 @@ class StdlibCodeTask(Task):
             fns = list(functions_in_file(path))
             for fn in rng.sample(fns, min(self.per_file, len(fns))):
                 picked.append({**fn, "module": mod})
+        if not held_out:
+            picked = [fn for fn in picked if fn["stub"] not in self._eval_stubs]
         if held_out or len(picked) >= n:
             return picked[:n]
         return sample_pool(picked, n, rng)  # every file used: repeat rather than come up short
+
+    @functools.cached_property
+    def _eval_stubs(self) -> set[str]:
+        """Every held-out stub, so that a function copied into a training module cannot leak (e.g. _pyio/io)."""
+        return {fn["stub"] for _, path in self._files(True) for fn in functions_in_file(path)}
 
     @staticmethod
     def prompt(fn: dict) -> str:
