@@ -137,11 +137,14 @@ class _Encoder:
 def encode_shards(plan: CorpusPlan, tok: Any, data_dir: Path, batch_bytes: int = 2_000_000) -> dict[str, Any]:
     """Stream every split of ``plan`` through ``tok`` into ``data_dir/{train,val}.bin``; returns the split stats.
 
-    A source of weight w is written floor(w) times (the repeats are copied from the file, not re-encoded), plus each
+    Special-token strings inside documents are encoded as plain text (``tok.encode_special_tokens`` is set), so
+    the model only ever sees the special tokens the pipeline inserts. A source of weight w is written floor(w) times (the repeats are copied from the file, not re-encoded), plus each
     document once more with probability w - floor(w). Validation documents are written once whatever the weight.
     """
     dtype = np.dtype(token_dtype(tok.get_vocab_size()))
     bos_id = tok.token_to_id(BOS)
+    # a document that happens to contain "<|end|>" is text, not a turn boundary: encode such strings as bytes
+    was_encoding_special, tok.encode_special_tokens = tok.encode_special_tokens, True
     data_dir.mkdir(parents=True, exist_ok=True)
     train, val = (_ShardWriter(data_dir / f"{s}.bin", dtype) for s in SPLITS)
     total = plan.weighted_train_bytes() + sum(st.val_bytes for st in plan.stats)
@@ -172,6 +175,7 @@ def encode_shards(plan: CorpusPlan, tok: Any, data_dir: Path, batch_bytes: int =
                 enc_train.flush()
             per_source.append({"train_tokens": train.tokens - t0, "train_documents": train.documents - d0})
     finally:
+        tok.encode_special_tokens = was_encoding_special
         train.close()
         val.close()
         bar.close()

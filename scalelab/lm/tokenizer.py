@@ -11,6 +11,7 @@ Trained by ``scalelab tokenizer --run runs/NAME --corpus stdlib --vocab-size 409
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import tempfile
@@ -177,6 +178,7 @@ def special_token_ids(tok: Tokenizer) -> dict[str, int]:
     return out
 
 
+@functools.cache
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte -> printable-unicode table, inverted: each ByteLevel character stands for one byte."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
