@@ -25,8 +25,9 @@ from scalelab.lm.tokenizer import (
 )
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-UNICODE = ("Caf\u00e9 na\u00efve \u2014 \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8, \u0440\u0443\u0441\u0441\u043a\u0438"
-           "\u0439, \u0627\u0644\u0639\u0631\u0628\u064a\u0629, emoji \U0001f600\U0001f468\u200d\U0001f469\u200d"
+UNICODE = ("Caf\u00e9 na\u00efve \u2014 \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8, "
+           "\u0440\u0443\u0441\u0441\u043a\u0438\u0439, "
+           "\u0627\u0644\u0639\u0631\u0628\u064a\u0629, emoji \U0001f600\U0001f468\u200d\U0001f469\u200d"
            "\U0001f467 e\u0301 \t tabs\r\nCRLF\x00nul  double  spaces\n\n\n")
 
 

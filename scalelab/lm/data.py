@@ -138,8 +138,9 @@ def encode_shards(plan: CorpusPlan, tok: Any, data_dir: Path, batch_bytes: int =
     """Stream every split of ``plan`` through ``tok`` into ``data_dir/{train,val}.bin``; returns the split stats.
 
     Special-token strings inside documents are encoded as plain text (``tok.encode_special_tokens`` is set), so
-    the model only ever sees the special tokens the pipeline inserts. A source of weight w is written floor(w) times (the repeats are copied from the file, not re-encoded), plus each
-    document once more with probability w - floor(w). Validation documents are written once whatever the weight.
+    the model only ever sees the special tokens the pipeline inserts. A source of weight w is written floor(w) times
+    (the repeats are copied from the file, not re-encoded), plus each document once more with probability
+    w - floor(w). Validation documents are written once whatever the weight.
     """
     dtype = np.dtype(token_dtype(tok.get_vocab_size()))
     bos_id = tok.token_to_id(BOS)
