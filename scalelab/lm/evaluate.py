@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from scalelab.common import UsageError, print0, progress, resolve_device, torch_dtype, write_json
+from scalelab.common import UsageError, print0, progress, read_json, resolve_device, torch_dtype, write_json
 from scalelab.config import save_config
 from scalelab.lm.multiple_choice import MC_SETS, evaluate_mc, load_mc_set
 from scalelab.lm.special_tokens import BOS, END
@@ -37,7 +37,10 @@ class EvalConfig:
     run: str = field(default="", metadata={"help": "run folder holding the checkpoint, e.g. runs/demo"})
     stage: str = field(default="chat", metadata={"help": "which checkpoint: base (few-shot prompts) or chat (template)",
                                                  "choices": ["base", "chat"]})
-    tasks: list[str] = field(default_factory=list, metadata={"help": "tasks to score; empty = every registered task"})
+    tasks: list[str] = field(default_factory=list, metadata={
+        "help": "tasks to score; empty = every task of the mixture (the one SFT used, else the default)"})
+    mixture_config: str = field(default="", metadata={
+        "help": "MixtureConfig YAML giving the tasks and their options; '' = the run's SFT mixture or the default"})
     limit: int = field(default=50, metadata={"help": "examples per task; 0 = the task's default of 200"})
     seed: int = field(default=0, metadata={"help": "seed of the example draw and of sampling"})
     max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer at most"})
@@ -74,19 +77,13 @@ def _encode(tok: Any, text: str) -> list[int]:
 
 def engine_completer(model: torch.nn.Module, tok: Any, max_new_tokens: int, batch_size: int = 32,
                      temperature: float = 0.0, seed: int = 0) -> Completer:
-    """A completer on top of ``engine.generate_batch`` (prompts sorted by length, so a batch wastes little)."""
+    """A completer on top of ``engine.generate_batch`` (continuous batching of up to ``batch_size`` rows)."""
     from scalelab.lm.engine import generate_batch
 
     def complete(prompts: list[list[int]], stop_ids: list[int]) -> list[str]:
-        out: list[str] = [""] * len(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            gens = generate_batch(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,
-                                  temperature=temperature, seed=seed + start, stop_ids=stop_ids)
-            for i, ids in zip(chunk, gens):
-                out[i] = decode(tok, list(ids))
-        return out
+        gens = generate_batch(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                              stop_ids=stop_ids, max_batch=batch_size)
+        return [decode(tok, ids) for ids in gens]  # a stop id that ended a row is kept: scorers look for <|end|>
 
     return complete
 
@@ -140,15 +137,30 @@ def evaluate_task(task: Any, stage: str, tok: Any, complete: Completer, limit: i
     return out
 
 
-def resolve_tasks(names: list[str]) -> dict[str, Any]:
-    """Task instances by name from the tasks registry (every registered task when ``names`` is empty)."""
-    from scalelab.lm.tasks.mixture import TASKS
+def mixture_for(cfg: EvalConfig, run: RunDir) -> Any:
+    """The MixtureConfig for task options: --mixture-config, else the one SFT saved in the run, else the default."""
+    from scalelab.config import config_from_dict, load_yaml
+    from scalelab.lm.tasks.mixture import MixtureConfig
 
-    names = list(names) or list(TASKS)
+    if cfg.mixture_config:
+        data = load_yaml(cfg.mixture_config)
+        data.pop("_target", None)
+        return config_from_dict(MixtureConfig, data, where=cfg.mixture_config)
+    saved = read_json(run.config_json).get("sft_mixture") if run.config_json.is_file() else None
+    if isinstance(saved, dict):
+        return config_from_dict(MixtureConfig, saved, where=f"{run.config_json} (sft_mixture)")
+    return MixtureConfig()
+
+
+def resolve_tasks(names: list[str], mixture: Any) -> dict[str, Any]:
+    """Task instances by name (the mixture's tasks when ``names`` is empty), built with the mixture's options."""
+    from scalelab.lm.tasks.mixture import TASKS, make_task, parse_weighted
+
+    names = list(names) or [parse_weighted(spec, "tasks")[0] for spec in mixture.tasks]
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise UsageError(f"unknown task(s) {', '.join(unknown)} (choose from {', '.join(TASKS)})")
-    return {n: (TASKS[n]() if callable(TASKS[n]) else TASKS[n]) for n in names}
+    return {n: make_task(n, mixture) for n in dict.fromkeys(names)}
 
 
 def require_chat_template(run: RunDir) -> None:
@@ -184,7 +196,7 @@ def evaluate(cfg: EvalConfig, complete: Completer | None = None) -> dict[str, An
     model, meta, step_dir = load_model(step_dir, device=device, dtype=torch_dtype(cfg.dtype))
     model.eval()
     params = model.num_params()
-    tasks = resolve_tasks(cfg.tasks)
+    tasks = resolve_tasks(cfg.tasks, mixture_for(cfg, run))
     max_prompt = model.config.max_seq_len - cfg.max_new_tokens
     if max_prompt < 16:
         raise UsageError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a prompt in the model's "
