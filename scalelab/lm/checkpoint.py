@@ -144,3 +144,49 @@ def load_trainer_state(step_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UsageError(f"{path}: corrupt trainer state ({e.msg})") from None
+
+
+# ----------------------------------------------------------------------------------------------- resume helpers
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG the trainer touches, as tensors and plain values (loadable with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(keys.astype("int64")), "numpy_pos": int(pos),
+        "numpy_has_gauss": int(has_gauss), "numpy_gauss": float(gauss),
+        "python_version": int(version), "python_state": torch.tensor(py_state, dtype=torch.int64),
+        "python_gauss": py_gauss,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of ``capture_rng``."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype("uint32"), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python_state"].tolist()),
+                     state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_model_config(step_dir: Path, saved: dict[str, Any], requested: dict[str, Any]) -> None:
+    """UsageError naming the first field where the checkpoint's model config differs from the requested one."""
+    for key in sorted(set(saved) | set(requested)):
+        if saved.get(key) != requested.get(key):
+            raise UsageError(f"{step_dir / META_FILE}: the existing checkpoint has model_config.{key}="
+                             f"{saved.get(key)!r} but this run asks for {requested.get(key)!r} (use another --run "
+                             "directory or the same model flags; nothing was overwritten)")

@@ -1,0 +1,81 @@
+"""Optimizer, learning-rate schedules and the hardware peak used for MFU (helpers of scalelab/lm/train.py).
+
+    opt = build_optimizer(model, lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95), device="cpu")
+    lr = lr_at(step, max_lr=3e-3, total_steps=1000, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1)
+
+Schedules (``step`` counts finished optimizer steps, so the first update uses ``lr_at(0)``):
+  - warmup: linear from max_lr / warmup_steps up to max_lr over ``warmup_steps`` steps;
+  - cosine: then half a cosine from max_lr down to min_lr_ratio * max_lr at ``total_steps``;
+  - wsd (warmup-stable-decay): constant max_lr, then a linear decay over the last ``decay_frac`` of the steps;
+  - constant: max_lr after warmup.
+
+Peak TFLOP/s (dense matmul, per device) for MFU, overridable with ``--peak-tflops``: this project's CPU measured
+0.44 (fp32) and 3.5 (bf16 through AMX) with 2 threads (see /work/shared/design/PERFORMANCE.md); H100 989 and A100 312
+(bf16 dense, vendor figures; fp32 counts as TF32 at half of that).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCHEDULES = ("cosine", "wsd", "constant")
+
+# device kind -> dtype -> peak TFLOP/s (dense). GPU names are matched as substrings of torch.cuda.get_device_name().
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "cpu": {"fp32": 0.44, "bf16": 3.5, "fp16": 0.44},
+    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0},
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
+}
+
+
+def peak_tflops(device: str, dtype: str) -> float:
+    """The table's peak for this device and dtype, or 0.0 when unknown (MFU is then not reported)."""
+    if device == "cpu":
+        return PEAK_TFLOPS["cpu"].get(dtype, 0.0)
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, table in PEAK_TFLOPS.items():
+            if key != "cpu" and key in name:
+                return table.get(dtype, 0.0)
+    return 0.0
+
+
+def lr_at(step: int, max_lr: float, total_steps: int, warmup_steps: int = 0, schedule: str = "cosine",
+          min_lr_ratio: float = 0.1, decay_frac: float = 0.2) -> float:
+    """Learning rate for the update after ``step`` finished steps."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule '{schedule}' (choose {', '.join(SCHEDULES)})")
+    if warmup_steps > 0 and step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    min_lr = max_lr * min_lr_ratio
+    if schedule == "constant":
+        return max_lr
+    if schedule == "cosine":
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    decay_steps = max(1, round(decay_frac * total_steps))  # wsd
+    decay_start = total_steps - decay_steps
+    if step < decay_start:
+        return max_lr
+    progress = min(1.0, (step - decay_start) / decay_steps)
+    return max_lr + (min_lr - max_lr) * progress
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                    device: str) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings only (not on norms). Fused kernel on CUDA.
+
+    Parameters are grouped in ``named_parameters`` order, so the optimizer state is keyed identically for one
+    process, DDP and FSDP (checkpoints store it by parameter name; see checkpoint.optimizer_state).
+    """
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.startswith("cuda") else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, **extra)

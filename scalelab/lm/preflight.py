@@ -1,0 +1,133 @@
+"""Preflight: before training, say what the run will cost and refuse runs that cannot fit.
+
+Run at the start of every pretrain/SFT (``scalelab pretrain --run DIR --preflight-only`` stops after it). It prints
+the parameter count, FLOPs per token, a memory estimate (weights, gradients, optimizer, activations) against the
+device's memory (CUDA: total memory; CPU: available RAM), tokens/s measured over a few dry steps, and the projected
+run time. The dry steps run on the real (possibly compiled, wrapped) model with a throwaway AdamW at learning rate 0,
+before the resumed optimizer state is loaded: the weights do not change (lr 0 leaves them bit-identical), so resume
+stays exact, and a compile warm-up happens here rather than inside the timed loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from scalelab.common import UsageError, print0
+from scalelab.lm.model import ModelConfig
+
+GiB = 1024**3
+
+
+@dataclass
+class MemoryEstimate:
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def estimate_memory(mcfg: ModelConfig, num_params: int, batch_size: int, seq_len: int, dtype: str,
+                    world_size: int = 1, fsdp: bool = False) -> MemoryEstimate:
+    """Bytes per process. fp32 master weights, grads and two AdamW moments (sharded by FSDP); activations saved
+    for backward per micro-batch: per layer ~10 * C + 4 * I values in the compute dtype plus two fp32 norm inputs,
+    and the output layer's logits (compute dtype + fp32 copy + fp32 gradient)."""
+    shard = world_size if fsdp else 1
+    weights = 4 * num_params // shard
+    act_bytes = 2 if dtype in ("bf16", "fp16") else 4
+    tokens = batch_size * seq_len
+    C, inter = mcfg.n_embd, mcfg.intermediate_size
+    per_layer = tokens * ((10 * C + 4 * inter) * act_bytes + 2 * C * 4)
+    logits = tokens * mcfg.vocab_size * (act_bytes + 4 + 4)
+    activations = int(1.2 * (mcfg.n_layer * per_layer + logits))  # 20% for allocator slack and temporaries
+    return MemoryEstimate(weights, weights, 2 * weights, activations)
+
+
+def available_memory(device: str) -> tuple[int, str]:
+    """(bytes, description) of memory the run may use on ``device``."""
+    if device.startswith("cuda"):
+        dev = torch.device(device)
+        return torch.cuda.get_device_properties(dev).total_memory, f"{torch.cuda.get_device_name(dev)} total"
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available RAM"
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical RAM"
+
+
+def check_fits(est: MemoryEstimate, device: str, batch_size: int, seq_len: int, grad_accum: int,
+               world_size: int, fsdp: bool) -> None:
+    avail, what = available_memory(device)
+    if est.total <= 0.9 * avail:
+        return
+    hints = []
+    if batch_size > 1:
+        hints.append(f"--batch-size {max(1, batch_size // 2)} (the token batch is kept by raising gradient "
+                     f"accumulation from {grad_accum} to {grad_accum * 2})")
+    if est.activations > est.weights * 4 and seq_len > 64:
+        hints.append(f"--seq-len {seq_len // 2}")
+    if world_size > 1 and not fsdp:
+        hints.append("--parallel fsdp (shards weights, gradients and optimizer state)")
+    hints.append("a smaller --model / --depth")
+    raise UsageError(f"the run needs about {est.total / GiB:.1f} GiB per process (weights {est.weights / GiB:.2f}, "
+                     f"gradients {est.gradients / GiB:.2f}, optimizer {est.optimizer / GiB:.2f}, activations "
+                     f"{est.activations / GiB:.2f}) but {device} has {avail / GiB:.1f} GiB {what}; try "
+                     + ", or ".join(hints))
+
+
+def measure_throughput(dry_step: Callable[[], None], tokens_per_call: int, steps: int, device: str) -> float:
+    """Tokens/s over ``steps`` calls after one warm-up call (which also absorbs any torch.compile time)."""
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    dry_step()
+    sync()
+    warmup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        dry_step()
+    sync()
+    elapsed = time.perf_counter() - t0
+    print0(f"preflight: warm-up step {warmup:.2f} s, then {steps} dry steps in {elapsed:.2f} s")
+    return tokens_per_call * steps / max(elapsed, 1e-9)
+
+
+def report(mcfg: ModelConfig, num_params: int, flops_per_token: int, est: MemoryEstimate, device: str, dtype: str,
+           world_size: int, batch_size: int, seq_len: int, grad_accum: int, total_steps: int, start_step: int,
+           tokens_per_s: float | None, peak_tflops: float) -> dict:
+    """Print the preflight summary on rank 0 and return it as a dict."""
+    tokens_per_step = batch_size * seq_len * grad_accum * world_size
+    avail, what = available_memory(device)
+    print0(f"model: {num_params / 1e6:.2f}M parameters, {mcfg.n_layer} layers, width {mcfg.n_embd}, "
+           f"{mcfg.n_head} heads, vocab {mcfg.vocab_size}, context {seq_len}; "
+           f"{flops_per_token / 1e6:.1f} MFLOP/token (training)")
+    print0(f"batch: {batch_size} x {seq_len} tokens x {grad_accum} accumulation x {world_size} process(es) = "
+           f"{tokens_per_step:,} tokens/step; device {device}, {dtype}")
+    print0(f"memory/process: weights {est.weights / GiB:.3f} GiB, gradients {est.gradients / GiB:.3f}, optimizer "
+           f"{est.optimizer / GiB:.3f}, activations {est.activations / GiB:.3f} = {est.total / GiB:.2f} GiB "
+           f"(of {avail / GiB:.1f} GiB {what})")
+    out = {"num_params": num_params, "flops_per_token": flops_per_token, "memory_bytes": est.total,
+           "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_s, "projected_s": None}
+    if tokens_per_s:
+        # tokens_per_s was measured per process; all processes advance together
+        step_s = tokens_per_step / (tokens_per_s * world_size)
+        remaining = max(0, total_steps - start_step)
+        out["projected_s"] = remaining * step_s
+        mfu = f", MFU {100 * tokens_per_s * flops_per_token / (peak_tflops * 1e12):.1f}%" if peak_tflops else ""
+        print0(f"throughput: {tokens_per_s * world_size:,.0f} tokens/s{mfu}; {step_s:.3f} s/step; "
+               f"{remaining} steps to go -> about {out['projected_s'] / 60:.1f} min (plus evaluation)")
+    return out
