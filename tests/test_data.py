@@ -192,3 +192,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, case: int, capsys: pyte
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("scalelab tokenizer: error:"), err
     assert not (tmp_path / "run" / "tokenizer").exists()
+
+
+def test_reusing_another_tokenizer_does_not_replace_the_runs_own(tmp_path: Path, corpus: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("--run", str(a), "--corpus", str(corpus / "notes"), *VOCAB) == 0
+    assert run_cli("--run", str(b), "--corpus", f"{corpus}/code.jsonl#code", *VOCAB) == 0
+    sha_b = tokenizer_sha256(b)
+    capsys.readouterr()
+    assert run_cli("--run", str(b), "--tokenizer", str(a), "--corpus", str(corpus / "notes")) == 2
+    assert "differs" in capsys.readouterr().err and tokenizer_sha256(b) == sha_b
+    assert run_cli("--run", str(b), "--tokenizer", str(b), "--corpus", str(corpus / "notes")) == 0  # its own: fine
+    assert oct((b / "tokenizer").stat().st_mode & 0o777) != "0o700"

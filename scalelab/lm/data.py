@@ -216,6 +216,10 @@ def prepare(cfg: TokenizerConfig) -> dict[str, Any]:
                              f"--tokenizer {run.root} to reuse it and only re-encode the shards")
     else:
         load_tokenizer(reuse)  # fail fast on a missing or foreign tokenizer
+        if (run.tokenizer_json.is_file() and not cfg.overwrite
+                and tokenizer_sha256(reuse) != tokenizer_sha256(run.tokenizer_json)):
+            raise UsageError(f"{run.tokenizer_json} already exists and differs from {reuse}: pass --overwrite to "
+                             f"replace it, or use another --run folder")
     if cfg.min_frequency < 1 or cfg.batch_bytes < 1 or cfg.doc_max_bytes < 0 or cfg.max_train_bytes < 0:
         raise UsageError("--min-frequency and --batch-bytes must be >= 1; --doc-max-bytes, --max-train-bytes >= 0")
     sources = [parse_source(s) for s in cfg.corpus]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -101,7 +102,7 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    tmp = _staging_dir(directory)
     try:
         _write_tokenizer_files(tok, tmp)
         replace_dir(tmp, directory)
@@ -109,6 +110,15 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory / TOKENIZER_FILE
+
+
+def _staging_dir(directory: Path) -> Path:
+    """A fresh sibling folder to build ``directory`` in (same file system, so the final rename is atomic)."""
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the installed folder should be like any other
+    return tmp
 
 
 def replace_dir(new: Path, target: Path) -> None:
@@ -129,7 +139,7 @@ def copy_tokenizer(src: str | Path, directory: str | Path) -> Path:
     if src_file.parent.resolve() == directory.resolve():
         return directory / TOKENIZER_FILE
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    tmp = _staging_dir(directory)
     try:
         if src_file.name == TOKENIZER_FILE and (src_file.parent / "tokenizer_config.json").is_file():
             for f in src_file.parent.iterdir():
