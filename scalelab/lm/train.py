@@ -93,6 +93,22 @@ def _dist_sum(t: torch.Tensor, enabled: bool) -> torch.Tensor:
     return t
 
 
+def eval_sums(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """(sum of nats, number of targets, sum of nats over byte-carrying targets, their bytes) for one batch.
+
+    Targets == -1 are ignored; special tokens (0 bytes) are left out of both byte sums, so
+    bits per byte = nats_b / ln 2 / bytes does not depend on the tokenizer.
+    """
+    y = y.reshape(-1)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y, ignore_index=-1, reduction="none").double()
+    valid = y != -1
+    zero = torch.zeros((), dtype=torch.float64, device=logits.device)
+    if token_bytes is None:
+        return loss[valid].sum(), valid.sum().double(), zero, zero
+    b = token_bytes.to(y.device)[y.clamp(min=0)] * valid
+    return loss[valid].sum(), valid.sum().double(), loss[b > 0].sum(), b.sum().double()
+
+
 def train(cfg: TrainConfig, source: BatchSource | None = None) -> dict[str, Any]:
     """Train (or resume) ``cfg.stage`` of ``cfg.run``; returns a summary dict (steps, losses, bpb, tokens/s)."""
     _validate(cfg)
@@ -325,15 +341,8 @@ class _Trainer:
             x, y = x.to(self.device), y.to(self.device)
             with self._autocast():
                 logits, _ = model(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1,
-                                   reduction="none").double()
-            valid = y.reshape(-1) != -1
-            nats += loss[valid].sum()
-            count += valid.sum()
-            if tb is not None:
-                b = tb[y.reshape(-1).clamp(min=0)] * valid
-                nats_b += loss[b > 0].sum()
-                nbytes += b.sum()
+            for acc, v in zip((nats, count, nats_b, nbytes), eval_sums(logits, y, tb)):
+                acc += v
         stats = _dist_sum(torch.stack([nats, count, nats_b, nbytes]), self.dist).tolist()
         out: dict[str, Any] = {"stage": self.cfg.stage, "step": step,
                                "val_loss": stats[0] / stats[1] if stats[1] else None,
