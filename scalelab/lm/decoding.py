@@ -1,0 +1,415 @@
+"""Decoding: a lean KV-cached forward (``Decoder``), sampling, streamed detokenisation, ``generate``.
+
+The pieces under ``scalelab.lm.engine`` (which re-exports ``generate``, ``generate_batch``, ``Sampler`` and
+``TextStream``; import them from there):
+
+    for token_id in generate(model, prompt_ids, max_new_tokens=64, temperature=0):    # streams ids
+        ...
+    outs = generate_batch(model, [ids_a, ids_b], max_new_tokens=64, temperature=0)     # list of id lists
+    text = TextStream(tokenizer); piece = text.push(token_id)                          # never broken UTF-8
+
+Tested against ``GPT.forward`` in tests/test_engine.py (``.venv/bin/pytest tests/test_engine.py -q``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from scalelab.lm.model import GPT
+
+# ------------------------------------------------------------------------------------------------------ the decoder
+
+def _unwrap(model: torch.nn.Module) -> GPT:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    model = getattr(model, "module", model)  # DDP
+    if not isinstance(model, GPT):
+        raise TypeError(f"expected a scalelab GPT, got {type(model).__name__}")
+    return model
+
+
+class Decoder:
+    """Inference-only forward of a ``GPT`` with fused weights and its own KV cache of ``max_batch`` rows.
+
+    Same math as ``GPT.forward`` (tests check the logits), fewer kernel launches: q/k/v and gate/up are one matmul
+    each, RMSNorm is one fused op, RoPE is three ops for q and k together. The cache is laid out
+    (layer, row, kv_head, position, head_dim) so attention reads each row's prefix without copies.
+    ``lengths[r]`` is how many tokens row r holds. The weights are copied (fused) at construction: build a new
+    decoder after the model's weights change.
+    """
+
+    def __init__(self, model: torch.nn.Module, max_batch: int = 1, max_len: int | None = None) -> None:
+        m = _unwrap(model)
+        cfg = self.config = m.config
+        emb = m.embed_tokens.weight
+        self.device, self.dtype = emb.device, emb.dtype
+        self.max_batch = max_batch
+        self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.n_qk = (cfg.n_head + cfg.n_kv_head) * cfg.head_dim
+        self.eps, self.n_embd, self.ffn = cfg.norm_eps, cfg.n_embd, cfg.intermediate_size
+        with torch.no_grad():
+            self.embed = emb.detach()
+            self.layers = []
+            for blk in m.layers:
+                a, mlp = blk.self_attn, blk.mlp
+                self.layers.append((
+                    blk.input_layernorm.weight.detach(),
+                    torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
+                    a.o_proj.weight.detach(),
+                    blk.post_attention_layernorm.weight.detach(),
+                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                    mlp.down_proj.weight.detach(),
+                ))
+            self.norm = m.norm.weight.detach()
+            self.lm_head = m.lm_head.weight.detach()
+            half = self.head_dim // 2
+            # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]: one roll instead of two slices, neg and cat
+            self.cos = m.rope_cos[: self.max_len].float().contiguous()
+            sin = m.rope_sin[: self.max_len].float()
+            self.sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1).contiguous()
+        with torch.inference_mode():
+            shape = (cfg.n_layer, max_batch, cfg.n_kv_head, self.max_len, cfg.head_dim)
+            self.k = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            self.v = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.lengths = [0] * max_batch
+        self.gqa = cfg.n_kv_head != cfg.n_head
+
+    def _rope(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        out = torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, dims=-1), sin)
+        return out.to(qk.dtype)
+
+    def _forward(self, idx: torch.Tensor, rows: slice, cos: torch.Tensor, sin: torch.Tensor, write, attn_end: int,
+                 mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """idx (B, T) -> last-token logits (B, V); ``write(layer, k, v)`` stores the new keys/values."""
+        B, T = idx.shape
+        H, Hkv, hd, C = self.n_head, self.n_kv_head, self.head_dim, self.n_embd
+        x = F.embedding(idx, self.embed)  # (B, T, C)
+        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
+            h = F.rms_norm(x, (C,), w_in, self.eps)
+            qkv = F.linear(h, w_qkv)  # (B, T, (H + 2 Hkv) hd)
+            qk = self._rope(qkv[..., : self.n_qk].view(B, T, H + Hkv, hd), cos, sin)  # (B, T, H + Hkv, hd)
+            q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
+            write(i, qk[:, :, H:], qkv[..., self.n_qk:].view(B, T, Hkv, hd))
+            keys = self.k[i, rows, :, :attn_end]  # (B, Hkv, L, hd)
+            values = self.v[i, rows, :, :attn_end]
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=self.gqa)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, T, H * hd), w_o)
+            gate, up = F.linear(F.rms_norm(x, (C,), w_post, self.eps), w_gu).split(self.ffn, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w_down)
+        x = F.rms_norm(x[:, -1], (C,), self.norm, self.eps)  # (B, C)
+        return F.linear(x, self.lm_head).float()  # (B, V)
+
+    @torch.inference_mode()
+    def prefill(self, row: int, ids: Sequence[int]) -> torch.Tensor:
+        """Append ``ids`` to row ``row`` (usually empty) and return the logits after the last one, shape (1, V)."""
+        start, T = self.lengths[row], len(ids)
+        if T == 0:
+            raise ValueError("nothing to prefill: the prompt is empty")
+        if start + T > self.max_len:
+            raise ValueError(f"{start + T} tokens exceed the context length of {self.max_len}")
+        idx = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        cos = self.cos[start:start + T][None, :, None]  # (1, T, 1, hd)
+        sin = self.sin[start:start + T][None, :, None]
+
+        def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+            self.k[i, row, :, start:start + T] = k[0].transpose(0, 1)
+            self.v[i, row, :, start:start + T] = v[0].transpose(0, 1)
+
+        mask = None
+        if start > 0:  # attend to the cached prefix and causally within the new tokens
+            mask = torch.arange(start + T, device=self.device)[None] <= torch.arange(start, start + T,
+                                                                                  device=self.device)[:, None]
+        logits = self._forward(idx, slice(row, row + 1), cos, sin, write, start + T, mask, causal=start == 0)
+        self.lengths[row] = start + T
+        return logits
+
+    @torch.inference_mode()
+    def decode(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed ``tokens[r]`` to row r for r < len(tokens), all in one forward; returns logits (len(tokens), V)."""
+        n = len(tokens)
+        lengths = self.lengths[:n]
+        if max(lengths) >= self.max_len:
+            raise ValueError(f"the KV cache is full (context length {self.max_len})")
+        idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
+        lo, hi = min(lengths), max(lengths)
+        if lo == hi:  # all rows at one position (always so for one row): slices, no mask
+            cos, sin = self.cos[lo:lo + 1][None, :, None], self.sin[lo:lo + 1][None, :, None]
+
+            def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+                self.k[i, :n, :, lo] = k[:, 0]
+                self.v[i, :n, :, lo] = v[:, 0]
+
+            mask = None
+        else:
+            pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
+            cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (n, 1, 1, hd)
+            rows = torch.arange(n, device=self.device)
+
+            def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+                self.k[i][rows, :, pos] = k[:, 0]
+                self.v[i][rows, :, pos] = v[:, 0]
+
+            mask = (torch.arange(hi + 1, device=self.device)[None] <= pos[:, None])[:, None, None]  # (n, 1, 1, L)
+        logits = self._forward(idx, slice(0, n), cos, sin, write, hi + 1, mask, causal=False)
+        for r in range(n):
+            self.lengths[r] += 1
+        return logits
+
+    @torch.inference_mode()
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row ``src``'s cache into row ``dst`` (compaction after a row finishes); ``src`` becomes empty."""
+        n = self.lengths[src]
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst], self.lengths[src] = n, 0
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+
+class Sampler:
+    """Temperature, top-k and top-p (nucleus) sampling with a private ``torch.Generator`` (seeded or random).
+
+    ``temperature`` 0 is greedy (argmax); ``top_k`` 0 and ``top_p`` 1.0 disable those filters. Invalid values raise
+    ValueError with the offending name, so a server can answer 400.
+    """
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        if not (temperature >= 0.0) or temperature == float("inf"):
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if int(top_k) != top_k or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
+        if not (0.0 < top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.greedy = self.temperature == 0.0 or self.top_k == 1
+        self.generator = torch.Generator(device=torch.device(device).type)
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(int(seed) % (2**63))
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """One token id from logits of shape (V,) (or (1, V))."""
+        logits = logits.reshape(-1)
+        if self.greedy:
+            return int(logits.argmax())
+        logits = logits.float() / self.temperature
+        index = None
+        if 0 < self.top_k < logits.numel():
+            logits, index = torch.topk(logits, self.top_k)  # sorted, largest first
+        if self.top_p < 1.0:
+            if index is None:
+                logits, index = torch.sort(logits, descending=True)
+            probs = torch.softmax(logits, dim=-1)
+            # keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p
+            drop = (torch.cumsum(probs, dim=-1) - probs) >= self.top_p
+            logits = logits.masked_fill(drop, float("-inf"))
+        choice = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generator)
+        return int(index[choice] if index is not None else choice)
+
+
+# ------------------------------------------------------------------------------------------------------ text
+
+def _backend(tok: Any) -> Any:
+    return getattr(tok, "backend_tokenizer", tok)  # a transformers fast tokenizer -> its tokenizers.Tokenizer
+
+
+class TextStream:
+    """Incremental detokenisation: ``push(id)`` returns the new text (maybe ""), ``flush()`` the held-back rest.
+
+    Decodes a short window of recent tokens and diffs it against the window without the new token, so the cost per
+    token stays constant and tokenizers that drop a leading space on the first token still decode exactly.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        self.tok = _backend(tokenizer)
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # window start
+        self.read = 0  # ids before this are already emitted as text
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=self.skip)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        new = self._decode(self.ids[self.prefix:])
+        if new.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its next bytes
+            return ""
+        old = self._decode(self.ids[self.prefix:self.read])
+        self.prefix, self.read = self.read, len(self.ids)
+        return new[len(old):]
+
+    def flush(self) -> str:
+        if self.read == len(self.ids):
+            return ""
+        new = self._decode(self.ids[self.prefix:])
+        old = self._decode(self.ids[self.prefix:self.read])
+        self.prefix = self.read = len(self.ids)
+        return new[len(old):]
+
+
+class _StopStrings:
+    """Finds the first stop string in streamed text; holds back a tail that could still become one."""
+
+    def __init__(self, stops: Iterable[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.text = ""
+        self.sent = 0
+
+    def push(self, delta: str, final: bool = False) -> tuple[str, bool]:
+        """(text safe to emit now, whether a stop string was found)."""
+        self.text += delta
+        if self.stops:
+            start = max(0, self.sent - self.longest)
+            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+            if hits:
+                cut = min(hits)
+                out, self.text = self.text[self.sent:cut], self.text[:cut]
+                self.sent = cut
+                return out, True
+        end = len(self.text)
+        if not final and self.stops:
+            for k in range(min(self.longest - 1, end - self.sent), 0, -1):
+                if any(s.startswith(self.text[end - k:]) for s in self.stops):
+                    end -= k
+                    break
+        out, self.sent = self.text[self.sent:end], end
+        return out, False
+
+
+# ------------------------------------------------------------------------------------------------------ rows
+
+def _check_prompt(prompt_ids: Sequence[int], vocab_size: int, context: int) -> list[int]:
+    ids = [int(t) for t in prompt_ids]
+    if not ids:
+        raise ValueError("the prompt is empty: give at least one token (e.g. <|bos|>)")
+    if len(ids) >= context:
+        raise ValueError(f"the prompt is {len(ids)} tokens but the context length is {context} tokens "
+                         "(leave room for at least one generated token): shorten it")
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"token id {bad} is outside the vocabulary (0..{vocab_size - 1})")
+    return ids
+
+
+class _Row:
+    """One sequence being generated: its sampler, budget, stop ids and what it emitted."""
+
+    def __init__(self, prompt: list[int], budget: int, sampler: Sampler, stop_ids: Iterable[int]) -> None:
+        self.prompt, self.budget, self.sampler = prompt, budget, sampler
+        self.stop_ids = frozenset(int(t) for t in stop_ids)
+        self.out: list[int] = []
+        self.pending = -1  # the last sampled token, fed at the next decode step
+
+    def push(self, token: int) -> bool:
+        """Record a new token; True when the row is finished."""
+        self.out.append(token)
+        self.pending = token
+        return token in self.stop_ids or len(self.out) >= self.budget
+
+    def cancelled(self) -> bool:
+        return False
+
+
+class _Batch:
+    """Active rows packed into decoder rows 0..n-1: admit (prefill), step (one batched decode), retire."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.dec = decoder
+        self.rows: list[_Row] = []
+
+    def free(self) -> int:
+        return self.dec.max_batch - len(self.rows)
+
+    def admit(self, row: _Row) -> None:
+        slot = len(self.rows)
+        self.dec.lengths[slot] = 0
+        logits = self.dec.prefill(slot, row.prompt)
+        if row.push(row.sampler(logits[0])):
+            self.dec.lengths[slot] = 0
+        else:
+            self.rows.append(row)
+
+    def step(self) -> None:
+        logits = self.dec.decode([r.pending for r in self.rows])
+        greedy = logits.argmax(-1).tolist() if any(r.sampler.greedy for r in self.rows) else None
+        done = []
+        for i, r in enumerate(self.rows):
+            tok = greedy[i] if r.sampler.greedy else r.sampler(logits[i])
+            if r.push(tok):
+                done.append(i)
+        self.retire(done)
+
+    def retire(self, indices: list[int]) -> None:
+        for i in sorted(indices, reverse=True):  # highest first: the row moved into a hole is never a retired one
+            last = len(self.rows) - 1
+            if i != last:
+                self.dec.move_row(last, i)
+                self.rows[i] = self.rows[last]
+            self.dec.lengths[last] = 0
+            self.rows.pop()
+
+
+# ------------------------------------------------------------------------------------------------------ functions
+
+def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_ids: Iterable[int] = (),
+             ) -> Iterator[int]:
+    """Stream new token ids after ``prompt_ids`` with a KV cache (temperature 0 = greedy).
+
+    Stops after yielding a stop id (the caller decides whether to show it), after ``max_new_tokens`` tokens, or
+    when prompt + output fill the context. Arguments are checked at once (ValueError), before the first token.
+    """
+    dec = Decoder(model, 1)
+    prompt = _check_prompt(prompt_ids, dec.config.vocab_size, dec.max_len)
+    row = _Row(prompt, min(int(max_new_tokens), dec.max_len - len(prompt)),
+               Sampler(temperature, top_k, top_p, seed, dec.device), stop_ids)
+    return _stream(dec, row)
+
+
+def _stream(dec: Decoder, row: _Row) -> Iterator[int]:
+    if row.budget <= 0:
+        return
+    logits = dec.prefill(0, row.prompt)
+    while True:
+        tok = row.sampler(logits[0])
+        finished = row.push(tok)
+        yield tok
+        if finished:
+            return
+        logits = dec.decode([tok])
+
+
+def generate_batch(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+                   top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_ids: Iterable[int] = (),
+                   max_batch: int = 32) -> list[list[int]]:
+    """New tokens for each prompt (a stop id, when hit, ends its list), decoding up to ``max_batch`` rows together.
+
+    Ragged prompts are prefilled one by one into their own cache rows, then decoded together, each row stopping on
+    its own; freed rows take the next prompts. Row i samples with seed ``seed + i``, so its output equals
+    ``generate(model, prompts[i], ..., seed=seed + i)``.
+    """
+    if not prompts:
+        return []
+    dec = Decoder(model, max(1, min(max_batch, len(prompts))))
+    stop_ids = list(stop_ids)
+    rows = []
+    for i, p in enumerate(prompts):
+        ids = _check_prompt(p, dec.config.vocab_size, dec.max_len)
+        rows.append(_Row(ids, min(int(max_new_tokens), dec.max_len - len(ids)),
+                         Sampler(temperature, top_k, top_p, None if seed is None else seed + i, dec.device), stop_ids))
+    batch, waiting = _Batch(dec), deque(r for r in rows if r.budget > 0)
+    while waiting or batch.rows:
+        while waiting and batch.free():
+            batch.admit(waiting.popleft())
+        if batch.rows:
+            batch.step()
+    return [r.out for r in rows]
