@@ -220,7 +220,7 @@ def render_report(run_dir: str | Path) -> Path:
         if loss_png:
             lines += [f"![loss curves]({loss_png.name})", ""]
     if evals:
-        lines += ["## Tasks (generation, exact scoring)", "",
+        lines += ["## Tasks (generation, scored by each task's own metric)", "",
                   "The base model is prompted with few-shot examples, the chat model through its chat template.", ""]
         lines += score_table(evals) or ["(no task scores)"]
         lines.append("")

@@ -18,14 +18,18 @@ micro-step, rank): resume needs only the step, as in pretraining.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from scalelab.common import UsageError
+from scalelab.common import UsageError, dist_info, print0, progress
+from scalelab.config import config_from_dict, load_yaml, save_config, to_dict
+from scalelab.lm.train import TrainConfig, merge_saved_config, train
+from scalelab.runs import RunDir
 
 Encoded = tuple[list[int], list[int]]  # (ids, loss mask)
 PACK_WINDOW = 64  # open rows searched for room when packing
@@ -173,3 +177,154 @@ class SFTSource:
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "sft", "seed": self.seed, "rows": self.num_rows, "seq_len": int(self.ids.shape[1] - 1),
                 "sequences_per_step": self.sequences_per_step}
+
+
+# ----------------------------------------------------------------------------------------------- config and entry
+
+
+def _like(name: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A TrainConfig field with a new default for SFT, keeping its help text."""
+    meta = dict(TrainConfig.__dataclass_fields__[name].metadata)
+    if "help" in kw:
+        meta["help"] = kw.pop("help")
+    return field(default=default, metadata=meta, **kw) if default is not dataclasses.MISSING else field(
+        metadata=meta, **kw)
+
+
+CHAT_SAMPLES = ["<|user|>What is 12 plus 7?<|end|><|assistant|>", "<|user|>Hello! Who are you?<|end|><|assistant|>"]
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning of the base model on the chat task mixture (the pretraining loop, stage chat)."""
+
+    stage: str = _like("stage", "chat")
+    init_from: str = _like("init_from", "base")
+    seq_len: int = _like("seq_len", 0, help="row length in tokens; 0 = the base model's context")
+    lr: float = _like("lr", 1e-3)
+    warmup_steps: int = _like("warmup_steps", 20)
+    max_steps: int = _like("max_steps", 300)
+    eval_every: int = _like("eval_every", 50)
+    sample_prompts: list[str] = _like("sample_prompts", default_factory=lambda: list(CHAT_SAMPLES))
+    sample_tokens: int = _like("sample_tokens", 32)
+    # ---- data
+    mixture_config: str = field(default="", metadata={
+        "help": "MixtureConfig YAML (e.g. configs/mixture_tiny.yaml); '' = the default mixture"})
+    tasks: list[str] = field(default_factory=list, metadata={
+        "help": "tasks as name:weight, replacing the mixture's (empty = the mixture's)"})
+    data: list[str] = field(default_factory=list, metadata={
+        "help": "your conversation files (JSONL messages, Alpaca, ShareGPT) as FILE[:WEIGHT], added to the mixture"})
+    conversations: int = field(default=0, metadata={"help": "training conversations drawn (0 = the mixture's n_train)"})
+    val_conversations: int = field(default=100, metadata={
+        "help": "conversations held out of training for the validation loss (at most a tenth of them)"})
+    pack: bool = field(default=True, metadata={"help": "pack several conversations per row (else one per row)"})
+    overlong: str = field(default="truncate", metadata={
+        "help": "a conversation longer than a row: truncate (if assistant tokens remain) or drop",
+        "choices": ["truncate", "drop"]})
+
+
+def mixture_from(cfg: SFTConfig) -> Any:
+    """The MixtureConfig: the YAML (or defaults), with --tasks / --data / --conversations applied."""
+    from scalelab.lm.tasks.mixture import MixtureConfig
+
+    data: dict[str, Any] = {}
+    if cfg.mixture_config:
+        data = load_yaml(cfg.mixture_config)
+        data.pop("_target", None)
+    where = cfg.mixture_config or "flags"
+    if cfg.tasks:
+        data["tasks"] = list(cfg.tasks)
+    if cfg.data:
+        data["user_files"] = list(data.get("user_files") or []) + list(cfg.data)
+    if cfg.conversations > 0:
+        data["n_train"] = cfg.conversations
+    return config_from_dict(MixtureConfig, data, where=where)
+
+
+def _resolve_seq_len(cfg: SFTConfig, run: RunDir) -> int:
+    from scalelab.lm.checkpoint import read_meta
+
+    if cfg.seq_len > 0:
+        return cfg.seq_len
+    found = run.latest_step_dir(cfg.stage)
+    if found is not None:
+        saved = (read_meta(found).get("train_config") or {}).get("seq_len")
+        if saved:
+            return int(saved)
+    init = run.latest_step_dir(cfg.init_from) if cfg.init_from else None
+    if init is None:
+        raise UsageError(f"{run.stage_dir(cfg.init_from or 'base')}: no checkpoint to fine-tune (run `scalelab "
+                         f"pretrain --run {run.root}` first, or pass --init-from)")
+    return int(read_meta(init)["model_config"]["max_seq_len"])
+
+
+def build_source(cfg: SFTConfig, run: RunDir, seq_len: int) -> tuple[SFTSource, dict[str, Any]]:
+    """Mixture -> rendered conversations -> packed train/val rows -> the batch source (+ what happened, counted)."""
+    from scalelab.lm.chat import render
+    from scalelab.lm.special_tokens import PAD
+    from scalelab.lm.tasks.mixture import build_mixture
+    from scalelab.lm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(run.root)
+    mixture = mixture_from(cfg)
+    convs, _ = build_mixture(mixture)
+    if len(convs) < 2:
+        raise UsageError("the SFT mixture has fewer than 2 conversations (raise --conversations)")
+    n_val = min(cfg.val_conversations, len(convs) // 10)
+    train_convs, val_convs = convs[:len(convs) - n_val], convs[len(convs) - n_val:]
+    encoded = [render(tok, m, where=f"conversation {i}") for i, m in
+               enumerate(progress(train_convs, desc="render", unit="conv", leave=False))]
+    val_encoded = [render(tok, m, where=f"val conversation {i}") for i, m in enumerate(val_convs)]
+    pad_id = tok.token_to_id(PAD)
+    ids, mask, stats = pack_rows(encoded, seq_len, pad_id, cfg.pack, cfg.seed, cfg.overlong)
+    vids, vmask, vstats = pack_rows(val_encoded, seq_len, pad_id, cfg.pack, cfg.seed, cfg.overlong)
+    info = dist_info()
+    per_step = cfg.batch_size * seq_len * info.world_size
+    accum = max(1, (cfg.total_batch_tokens or per_step) // per_step)
+    source = SFTSource(ids, mask, vids, vmask, cfg.batch_size, accum, info.rank, info.world_size, cfg.seed)
+    report = {"train": stats.as_dict(), "val": vstats.as_dict(), "mixture": to_dict(mixture)}
+    return source, report
+
+
+def sft(cfg: SFTConfig, explicit: set[str] | None = None) -> dict[str, Any]:
+    """Fine-tune ``cfg.init_from`` into stage ``cfg.stage`` with the shared loop; returns train()'s summary + data."""
+    if not cfg.run:
+        raise UsageError("--run is required (the run folder with a base checkpoint, e.g. runs/demo)")
+    run = RunDir(cfg.run)
+    if not run.root.is_dir():
+        raise UsageError(f"{run.root}: run folder not found")
+    seq_len = _resolve_seq_len(cfg, run)
+    source, report = build_source(cfg, run, seq_len)
+    s = report["train"]
+    print0(f"SFT data: {s['conversations']:,} conversations -> {s['rows']:,} rows of {seq_len + 1} tokens "
+           f"({100 * s['fill']:.0f}% filled, {s['target_tokens']:,} target tokens); "
+           f"{s['truncated']} truncated, {s['dropped']} dropped as longer than a row; "
+           f"{report['val']['conversations']} held out for validation")
+    tc_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    tcfg = TrainConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in tc_fields})
+    tcfg.seq_len = seq_len
+    if explicit is not None:
+        tcfg = merge_saved_config(tcfg, explicit | {"seq_len"})
+    if (run.tokenizer_dir / "tokenizer_config.json").is_file() or run.tokenizer_dir.is_dir():
+        from scalelab.lm.evaluate import require_chat_template
+
+        try:
+            require_chat_template(run)
+        except UsageError:
+            from scalelab.lm.chat import install_chat_template
+
+            install_chat_template(run.tokenizer_dir)
+            print0(f"installed the chat template into {run.tokenizer_dir}")
+    if dist_info().is_main and not tcfg.preflight_only:
+        save_config(cfg, run.config_json, section="sft")
+        save_config(mixture_from(cfg), run.config_json, section="sft_mixture")
+        import json
+
+        from scalelab.common import atomic_write_text
+
+        path = run.config_json
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged["sft_data"] = {"train": report["train"], "val": report["val"]}
+        atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+    summary = train(tcfg, source)
+    return {**summary, "sft_data": report}
