@@ -1,0 +1,302 @@
+"""The inference engine against references: full forwards, one-by-one generation, sampler support, the scheduler.
+
+    .venv/bin/pytest tests/test_engine.py -q
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scalelab.lm.engine import (
+    Decoder,
+    Engine,
+    QueueFull,
+    Sampler,
+    TextStream,
+    generate,
+    generate_batch,
+)
+from scalelab.lm.model import GPT, ModelConfig
+from scalelab.lm.special_tokens import ASSISTANT, BOS, END, SPECIAL_TOKENS
+
+TEXT = ("Hello there! How are you today? I am fine, thanks. The quick brown fox jumps over the lazy dog. "
+        "Write a short email to Maria about lunch. 12 + 34 = 46.\n") * 20
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+def random_model(max_seq_len: int = 64, n_kv_head: int = 2, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=97, n_layer=2, n_embd=64, n_head=4, n_kv_head=n_kv_head, max_seq_len=max_seq_len)
+    return GPT(cfg).eval()
+
+
+def make_tokenizer():
+    """A tiny byte-level BPE with the special tokens at ids 0..5 (as scalelab.lm.tokenizer makes them)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TEXT], trainer=trainer)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    return tok
+
+
+def scripted_model(tok, reply: str = "ok", max_seq_len: int = 64) -> GPT:
+    """A model that answers every chat prompt with ``reply`` then <|end|>, and otherwise says <|end|>.
+
+    The blocks are switched off (zero output projections), so the next token depends only on the current one:
+    the embedding marks a few tokens with their own channel and the output layer maps each channel to the next
+    token of the reply; channel 0 (on for every token) weakly votes for <|end|>.
+    """
+    chain = [tok.token_to_id(ASSISTANT)] + [tok.token_to_id(ch) for ch in reply] + [tok.token_to_id(END)]
+    assert None not in chain and len(set(chain)) == len(chain)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
+                            max_seq_len=max_seq_len)).eval()
+    with torch.no_grad():
+        for block in model.layers:
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+        model.embed_tokens.weight[:, 0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tok.token_to_id(END), 0] = 5.0
+        for ch, (cur, nxt) in enumerate(zip(chain, chain[1:]), start=1):
+            model.embed_tokens.weight[cur, ch] = 10.0
+            model.lm_head.weight[nxt, ch] = 20.0
+    return model
+
+
+def full_forward_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
+    seq, out = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(torch.tensor([seq]))
+            out.append(int(logits[0, -1].argmax()))
+            seq.append(out[-1])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they lose 10-100x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------------------ decoding
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+def test_decoder_logits_match_model_forward_with_ragged_rows(n_kv_head: int) -> None:
+    model = random_model(n_kv_head=n_kv_head)
+    dec = Decoder(model, max_batch=3)
+    seqs = [torch.randint(0, 97, (n,)).tolist() for n in (5, 11, 1)]
+    with torch.no_grad():
+        for row, s in enumerate(seqs):
+            ref = model(torch.tensor([s]))[0][0, -1]
+            assert (dec.prefill(row, s)[0] - ref).abs().max() < 1e-4
+        new = [3, 7, 11]
+        got = dec.decode(new)  # three rows at three different positions, one forward
+        for row, s in enumerate(seqs):
+            ref = model(torch.tensor([s + [new[row]]]))[0][0, -1]
+            assert (got[row] - ref).abs().max() < 1e-4
+        got = dec.prefill(1, [4, 5, 6])  # a prefill after cached tokens (causal inside the new ones)
+        assert (got[0] - model(torch.tensor([seqs[1] + [7, 4, 5, 6]]))[0][0, -1]).abs().max() < 1e-4
+    assert dec.lengths == [6, 15, 2]
+
+
+def test_greedy_generate_equals_argmax_of_full_forwards() -> None:
+    model = random_model()
+    prompt = [1, 2, 3, 4, 5]
+    assert list(generate(model, prompt, 30, temperature=0)) == full_forward_greedy(model, prompt, 30)
+
+
+def test_generation_stops_at_the_context_length_and_checks_the_prompt() -> None:
+    model = random_model(max_seq_len=32)
+    assert len(list(generate(model, list(range(10)), 100, temperature=0))) == 22  # prompt + output == context
+    with pytest.raises(ValueError, match="context length is 32"):
+        generate(model, list(range(32)), 5)  # raised at the call, not at the first next()
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, [], 5)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        generate(model, [1, 97], 5)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, [1], 5, temperature=-1)
+
+
+def test_batched_generation_equals_one_by_one() -> None:
+    model = random_model()
+    torch.manual_seed(1)
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 9, 1, 15, 4, 7)]
+    alone = [list(generate(model, p, 12, temperature=0)) for p in prompts]
+    stop = alone[0][3]  # a stop id that ends some rows early, at different steps
+    alone_stop = [list(generate(model, p, 12, temperature=0, stop_ids=[stop])) for p in prompts]
+    assert any(len(a) < 12 for a in alone_stop)
+    for max_batch in (2, 4, 32):  # 2 and 4: rows retire and free rows take the waiting prompts
+        assert generate_batch(model, prompts, 12, temperature=0, max_batch=max_batch) == alone
+        assert generate_batch(model, prompts, 12, temperature=0, stop_ids=[stop], max_batch=max_batch) == alone_stop
+    sampled = generate_batch(model, prompts, 10, temperature=1.0, seed=7, max_batch=3)
+    assert sampled == [list(generate(model, p, 10, temperature=1.0, seed=7 + i)) for i, p in enumerate(prompts)]
+
+
+def test_generation_stops_at_end_of_turn(tok) -> None:
+    model = scripted_model(tok)
+    end = tok.token_to_id(END)
+    bos, asst = tok.token_to_id(BOS), tok.token_to_id(ASSISTANT)
+    assert list(generate(model, [bos], 10, temperature=0, stop_ids=[end])) == [end]
+    assert list(generate(model, [bos], 5, temperature=0)) == [end] * 5  # without a stop id: the budget ends it
+    reply = list(generate(model, [bos, asst], 10, temperature=0.8, seed=1, stop_ids=[end]))
+    assert tok.decode(reply) == "ok" and reply[-1] == end
+
+
+def test_seed_reproducibility() -> None:
+    model = random_model()
+    a = list(generate(model, [1, 2], 20, temperature=1.0, seed=3))
+    assert a == list(generate(model, [1, 2], 20, temperature=1.0, seed=3))
+    assert a != list(generate(model, [1, 2], 20, temperature=1.0, seed=4))
+    assert list(generate(model, [1, 2], 20, temperature=1.0, top_k=1, seed=5)) == full_forward_greedy(model, [1, 2], 20)
+
+
+def test_top_k_and_top_p_restrict_the_support() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    logits = torch.cat([logits, torch.full((60,), -8.0)])  # a long tail (2% of the mass) that filters must cut
+    seen_k = {Sampler(1.0, top_k=3, seed=s)(logits) for s in range(200)}
+    assert seen_k == {0, 1, 2}
+    seen_p = {Sampler(1.0, top_p=0.75, seed=s)(logits) for s in range(200)}  # 0.5 + 0.3 reaches 0.75
+    assert seen_p == {0, 1}
+    seen_kp = {Sampler(2.0, top_k=3, top_p=0.6, seed=s)(logits) for s in range(200)}
+    assert seen_kp <= {0, 1, 2} and 0 in seen_kp
+    seen_all = {Sampler(1.0, seed=s)(logits) for s in range(300)}
+    assert len(seen_all) > 4  # without filters the tail is reachable
+    assert Sampler(0.0)(logits) == 0
+    for bad in (dict(temperature=-0.1), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)):
+        with pytest.raises(ValueError):
+            Sampler(**bad)
+
+
+def test_text_stream_never_emits_broken_utf8(tok) -> None:
+    text = "héllo 🙂 wörld ✓ 12 + 34"
+    ids = tok.encode(text).ids
+    stream = TextStream(tok)
+    deltas = [stream.push(i) for i in ids] + [stream.flush()]
+    assert all("\ufffd" not in d for d in deltas)
+    assert "".join(deltas) == text
+    assert deltas.count("") > 2  # multi-byte characters span tokens: held back until complete
+    bad = TextStream(tok)  # a stray continuation byte is flushed at the end rather than lost
+    bad.push(tok.encode("🙂").ids[0])
+    assert bad.flush() == "\ufffd"
+
+
+def test_stop_strings_are_trimmed_and_held_back(tok) -> None:
+    from scalelab.lm.decoding import _StopStrings
+
+    s = _StopStrings(["\n\n", "END"])
+    outs = [s.push(d) for d in ("Hi", "\n", "there", "E", "N", "D more")]
+    assert "".join(o for o, _ in outs) == "Hi\nthere" and outs[-1][1]
+    assert outs[1] == ("", False) and outs[3] == ("", False)  # a possible start of a stop string waits
+
+
+# ------------------------------------------------------------------------------------------------------ the engine
+
+def test_engine_concurrent_requests_equal_sequential_generation() -> None:
+    model = random_model()
+    torch.manual_seed(2)
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 9, 1, 15, 4, 7, 2)]
+    expected = [list(generate(model, p, 10 + i, temperature=0)) for i, p in enumerate(prompts)]
+    results: dict[int, object] = {}
+    with Engine(model, max_batch=3, max_queue=16) as engine:
+        def client(i: int) -> None:
+            req = engine.submit(prompts[i], max_tokens=10 + i, temperature=0)
+            req.wait(60)
+            results[i] = req
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        sampled = engine.submit(prompts[1], max_tokens=8, temperature=0.9, top_k=20, seed=11)
+        sampled.wait(60)
+    for i, req in results.items():
+        assert req.token_ids == expected[i] and req.finish_reason == "length"
+        assert req.prompt_tokens == len(prompts[i]) and req.completion_tokens == 10 + i
+    assert sampled.token_ids == list(generate(model, prompts[1], 8, temperature=0.9, top_k=20, seed=11))
+
+
+def test_engine_text_stop_ids_stop_strings_and_async(tok) -> None:
+    model = scripted_model(tok, reply="ok")
+    end, bos, asst = tok.token_to_id(END), tok.token_to_id(BOS), tok.token_to_id(ASSISTANT)
+    with Engine(model, tok, max_batch=2) as engine:
+        req = engine.submit([bos, asst], max_tokens=10, stop_ids=[end])
+        assert "".join(req) == "ok" and req.text == "ok"
+        assert req.finish_reason == "stop" and req.completion_tokens == 3 and req.token_ids[-1] == end
+        req = engine.submit([bos, asst], max_tokens=10, stop_ids=[end], stop_strings=["k"])
+        assert req.result(30) == "o" and req.finish_reason == "stop"
+        req = engine.submit([bos, asst], max_tokens=1, stop_ids=[end])
+        assert req.result(30) == "o" and req.finish_reason == "length"
+
+        async def collect() -> str:
+            r = engine.submit("o", max_tokens=5, stop_ids=[end])  # a text prompt, encoded by the engine
+            return "".join([d async for d in r])
+
+        assert asyncio.run(collect()) == "k"
+        with pytest.raises(ValueError, match="context length"):
+            engine.submit([bos] * 64, max_tokens=1)
+        with pytest.raises(ValueError, match="top_p"):
+            engine.submit([bos], top_p=0)
+
+
+def test_engine_cancel_and_queue_full() -> None:
+    model = random_model(max_seq_len=4096)
+    engine = Engine(model, max_batch=1, max_queue=2)
+    try:
+        long = engine.submit([1, 2, 3], max_tokens=None, temperature=0)
+        deadline = time.monotonic() + 60
+        while long.completion_tokens < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        waiting = [engine.submit([4], max_tokens=5, temperature=0) for _ in range(2)]
+        with pytest.raises(QueueFull):
+            engine.submit([5], max_tokens=5)
+        waiting[0].cancel()  # cancelled while waiting: never admitted
+        long.cancel()
+        assert long.wait(60) and long.finish_reason == "cancelled"
+        assert 2 <= long.completion_tokens < 4093
+        assert waiting[1].wait(60) and waiting[1].finish_reason == "length" and waiting[1].completion_tokens == 5
+        assert waiting[0].finish_reason == "cancelled" and waiting[0].completion_tokens == 0
+        unfinished = engine.submit([6], max_tokens=None)
+    finally:
+        engine.close()
+    assert unfinished.wait(10) and unfinished.finish_reason == "cancelled"
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit([1], max_tokens=1)
+
+
+def test_engine_from_run_loads_checkpoint_and_tokenizer(tmp_path: Path, tok) -> None:
+    from scalelab.lm.checkpoint import save_checkpoint
+    from scalelab.runs import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.tokenizer_dir.mkdir(parents=True)
+    tok.save(str(run.tokenizer_json))
+    model = scripted_model(tok)
+    step = save_checkpoint(run, "chat", 1, model, {"model_config": model.config.to_dict()})
+    bos, asst, end = tok.token_to_id(BOS), tok.token_to_id(ASSISTANT), tok.token_to_id(END)
+    for where in (run.root, step):
+        with Engine.from_run(where, device="cpu", dtype="fp32", max_batch=2) as engine:
+            assert engine.submit([bos, asst], max_tokens=5, stop_ids=[end]).result(30) == "ok"
