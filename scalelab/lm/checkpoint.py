@@ -185,8 +185,12 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def check_model_config(step_dir: Path, saved: dict[str, Any], requested: dict[str, Any]) -> None:
     """UsageError naming the first field where the checkpoint's model config differs from the requested one."""
-    for key in sorted(set(saved) | set(requested)):
-        if saved.get(key) != requested.get(key):
-            raise UsageError(f"{step_dir / META_FILE}: the existing checkpoint has model_config.{key}="
-                             f"{saved.get(key)!r} but this run asks for {requested.get(key)!r} (use another --run "
-                             "directory or the same model flags; nothing was overwritten)")
+    first = ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "max_seq_len", "tie_embeddings")
+    keys = sorted(set(saved) | set(requested), key=lambda k: (first.index(k) if k in first else len(first), k))
+    diff = [k for k in keys if saved.get(k) != requested.get(k)]
+    if diff:
+        key = diff[0]
+        more = f" (also differs: {', '.join(diff[1:])})" if diff[1:] else ""
+        raise UsageError(f"{step_dir / META_FILE}: the existing checkpoint has model_config.{key}="
+                         f"{saved.get(key)!r} but this run asks for {requested.get(key)!r}{more}; use another --run "
+                         "directory or the same model flags (nothing was overwritten)")
