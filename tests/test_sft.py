@@ -100,3 +100,39 @@ def test_empty_source_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError, match="no training rows"):
         SFTSource(np.zeros((0, 8), np.int32), np.zeros((0, 8), np.uint8), None, None, batch_size=2)
+
+
+BAD_FILES = {
+    "bad_json.jsonl": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                       '{"messages": [\n', r"bad_json.jsonl:2: invalid JSON"),
+    "bad_role.jsonl": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "yo"}]}\n',
+                       r"bad_role.jsonl:1: messages\[1\].role: unknown role 'robot'"),
+    "empty.jsonl": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}\n',
+                    r"empty.jsonl:1: messages\[1\].content: empty"),
+    "no_assistant.jsonl": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]}\n'
+                           '{"messages": [{"role": "user", "content": "hi"}]}\n',
+                           r"no_assistant.jsonl:2: messages: no assistant turn"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_sft_cli_reports_malformed_conversation_files(name, tmp_path, capsys) -> None:
+    import re
+
+    from scalelab.__main__ import main
+
+    text, pattern = BAD_FILES[name]
+    (tmp_path / name).write_text(text)
+    (tmp_path / "run").mkdir()
+    rc = main(["sft", "--run", str(tmp_path / "run"), "--data", f"{tmp_path / name}:2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert re.search(pattern, err), err
+
+
+def test_sft_without_a_base_checkpoint_is_a_clear_error(tmp_path, capsys) -> None:
+    from scalelab.__main__ import main
+
+    (tmp_path / "run").mkdir()
+    assert main(["sft", "--run", str(tmp_path / "run")]) == 2
+    assert "no checkpoint to fine-tune" in capsys.readouterr().err

@@ -241,6 +241,16 @@ def mixture_from(cfg: SFTConfig) -> Any:
     return config_from_dict(MixtureConfig, data, where=where)
 
 
+def check_data_files(specs: list[str]) -> None:
+    """Read and validate each FILE[:WEIGHT] now: errors name the file, line and field (UsageError)."""
+    from scalelab.lm.chat import load_conversations
+    from scalelab.lm.tasks.mixture import parse_weighted
+
+    for spec in specs:
+        path, _ = parse_weighted(spec, "--data")
+        load_conversations(path)
+
+
 def _resolve_seq_len(cfg: SFTConfig, run: RunDir) -> int:
     from scalelab.lm.checkpoint import read_meta
 
@@ -293,6 +303,7 @@ def sft(cfg: SFTConfig, explicit: set[str] | None = None) -> dict[str, Any]:
     run = RunDir(cfg.run)
     if not run.root.is_dir():
         raise UsageError(f"{run.root}: run folder not found")
+    check_data_files(cfg.data)  # malformed files fail in a second, before any model is built
     seq_len = _resolve_seq_len(cfg, run)
     source, report = build_source(cfg, run, seq_len)
     s = report["train"]
