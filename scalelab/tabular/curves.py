@@ -1,0 +1,233 @@
+"""Learning curves: every model on log-spaced training-set sizes, several seeds, one fixed held-out test set.
+
+    scalelab curves --dataset teacher --out runs/curves_teacher
+    scalelab curves --data my.csv --target label --models mlp svm logreg --sizes 25 100 1000 --seeds 0 1 2
+
+Writes to --out: ``curves.json`` (per model: sizes, mean/std score, fit seconds; ``crossover_n``; ``floor``),
+``curves.csv`` (one row per fit), ``curves.png`` and ``points.jsonl``. Each finished fit is appended to
+``points.jsonl`` at once, so a killed run resumes where it stopped when started again with the same settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, mean_squared_error
+
+from scalelab.common import UsageError, append_jsonl, atomic_write_text, progress, read_jsonl, write_json
+from scalelab.config import to_dict
+from scalelab.tabular.baselines import check_models, default_mlp_params, make_model
+from scalelab.tabular.datasets import Dataset, load_csv, load_dataset
+
+
+@dataclass
+class CurvesConfig:
+    """Learning curves: test score against training-set size for the MLP and classical baselines."""
+
+    dataset: str | None = field(default=None, metadata={"help": "data set by name (sklearn, ../shared/data or "
+                                                                "synthetic: teacher, synthetic_regression)"})
+    data: str | None = field(default=None, metadata={"help": "your own CSV file (with --target)"})
+    target: str | None = field(default=None, metadata={"help": "target column of --data"})
+    task: str = field(default="auto", metadata={"help": "auto, classification or regression (for --data)",
+                                                "choices": ["auto", "classification", "regression"]})
+    models: list[str] = field(default_factory=list, metadata={
+        "help": "models to compare (mlp svm logreg | mlp svm linear ridge); empty = all for the task"})
+    sizes: list[int] = field(default_factory=list, metadata={"help": "training-set sizes (rows); empty = "
+                                                                     "log-spaced from --min-size to all"})
+    n_sizes: int = field(default=8, metadata={"help": "number of log-spaced sizes when --sizes is empty"})
+    min_size: int = field(default=25, metadata={"help": "smallest training-set size when --sizes is empty"})
+    max_train: int = field(default=0, metadata={"help": "cap on the training pool in rows (0 = no cap)"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one fit per seed and size"})
+    test_fraction: float = field(default=0.2, metadata={"help": "held-out fraction when the data has no test split"})
+    max_test: int = field(default=5000, metadata={"help": "cap on test rows (0 = no cap)"})
+    n_samples: int = field(default=20000, metadata={"help": "rows of a synthetic data set"})
+    noise: float = field(default=0.1, metadata={"help": "teacher: fraction of labels replaced by another class"})
+    sigma: float = field(default=0.5, metadata={"help": "synthetic_regression: noise standard deviation"})
+    n_features: int = field(default=0, metadata={"help": "synthetic input dimension (0 = the task's default)"})
+    mlp_hidden: list[int] = field(default_factory=lambda: [128, 128], metadata={"help": "MLP hidden layer widths"})
+    mlp_epochs: int = field(default=0, metadata={"help": "MLP max epochs (0 = by data size: 100 to 300)"})
+    mlp_lr: float = field(default=2e-3, metadata={"help": "MLP Adam learning rate"})
+    device: str = field(default="cpu", metadata={"help": "MLP device: cpu, cuda, auto"})
+    out: str = field(default="runs/curves", metadata={"help": "output folder"})
+
+
+def load_from_config(cfg: Any) -> Dataset:
+    """The data set a curves/compute config names (exactly one of --dataset and --data)."""
+    if bool(cfg.dataset) == bool(cfg.data):
+        raise UsageError("give exactly one of --dataset NAME and --data FILE.csv")
+    if cfg.data:
+        if not cfg.target:
+            raise UsageError(f"{cfg.data}: --target COLUMN is required with --data")
+        return load_csv(cfg.data, cfg.target, task=cfg.task)
+    kw: dict[str, Any] = {"n_samples": cfg.n_samples, "noise": cfg.noise, "sigma": cfg.sigma}
+    if cfg.n_features:
+        kw["n_features"] = cfg.n_features
+    elif cfg.dataset == "synthetic_regression":
+        kw["n_features"] = 4
+    else:
+        kw["n_features"] = 2
+    return load_dataset(cfg.dataset, **kw)
+
+
+def split(ds: Dataset, test_fraction: float, max_test: int, max_train: int = 0,
+          seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]:
+    """(X_pool, y_pool, X_test, y_test): the data set's own test split, else a random held-out fraction."""
+    rng = np.random.default_rng(seed)
+    if ds.X_test is not None:
+        Xp, yp, Xt, yt = ds.X, ds.y, ds.X_test, ds.y_test
+    else:
+        if not 0.0 < test_fraction < 1.0:
+            raise UsageError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        perm = rng.permutation(len(ds.y))
+        k = max(1, int(round(len(perm) * test_fraction)))
+        Xp, yp = ds.X.iloc[perm[k:]], ds.y[perm[k:]]
+        Xt, yt = ds.X.iloc[perm[:k]], ds.y[perm[:k]]
+    if max_test and len(yt) > max_test:
+        keep = rng.choice(len(yt), max_test, replace=False)
+        Xt, yt = Xt.iloc[keep], yt[keep]
+    if max_train and len(yp) > max_train:
+        keep = rng.choice(len(yp), max_train, replace=False)
+        Xp, yp = Xp.iloc[keep], yp[keep]
+    return Xp.reset_index(drop=True), np.asarray(yp), Xt.reset_index(drop=True), np.asarray(yt)
+
+
+def log_sizes(n_max: int, n: int = 8, n_min: int = 25) -> list[int]:
+    n_min = min(n_min, n_max)
+    return sorted({int(round(v)) for v in np.geomspace(n_min, n_max, max(n, 1))})
+
+
+def score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Accuracy for classification (higher is better), MSE for regression (lower is better)."""
+    return float(accuracy_score(y_true, y_pred)) if task == "classification" else float(
+        mean_squared_error(y_true, y_pred))
+
+
+def subsample(y_pool: np.ndarray, n: int, seed: int, task: str) -> np.ndarray:
+    """n random rows; for classification, redraw until at least two classes are present."""
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        idx = rng.choice(len(y_pool), n, replace=False)
+        if task != "classification" or len(np.unique(y_pool[idx])) >= 2:
+            return idx
+    raise UsageError(f"cannot draw {n} training rows with two classes or more; use larger --sizes")
+
+
+def model_overrides(name: str, cfg: CurvesConfig, n: int) -> dict[str, Any]:
+    if name != "mlp":
+        return {}
+    kw = default_mlp_params(n)
+    kw.update(hidden_layer_sizes=tuple(cfg.mlp_hidden), learning_rate=cfg.mlp_lr, device=cfg.device)
+    if cfg.mlp_epochs:
+        kw["max_epochs"] = cfg.mlp_epochs
+    return kw
+
+
+def crossover(summary: dict[str, dict[str, Any]], greater_is_better: bool) -> int | None:
+    """Smallest size from which the MLP beats every other model at every larger size (None if it never does)."""
+    if "mlp" not in summary or len(summary) < 2:
+        return None
+    sizes = summary["mlp"]["sizes"]
+    sign = 1.0 if greater_is_better else -1.0
+    wins = []
+    for i, _ in enumerate(sizes):
+        mine = sign * summary["mlp"]["mean"][i]
+        wins.append(all(mine > sign * s["mean"][i] for m, s in summary.items() if m != "mlp"))
+    first = None
+    for i in range(len(sizes) - 1, -1, -1):
+        if not wins[i]:
+            break
+        first = sizes[i]
+    return first
+
+
+def run_curves(cfg: CurvesConfig) -> dict[str, Any]:
+    """Fit every (model, size, seed), write the outputs, return the summary (what curves.json holds)."""
+    ds = load_from_config(cfg)
+    models = check_models(cfg.models, ds.task)
+    Xp, yp, Xt, yt = split(ds, cfg.test_fraction, cfg.max_test, cfg.max_train)
+    where = ds.source or ds.name
+    sizes = sorted(set(cfg.sizes)) if cfg.sizes else log_sizes(len(yp), cfg.n_sizes, cfg.min_size)
+    if sizes[0] < 2:
+        raise UsageError(f"{where}: sizes must be >= 2, got {sizes[0]}")
+    if sizes[-1] > len(yp):
+        raise UsageError(f"{where}: size {sizes[-1]} is larger than the {len(yp)} training rows available "
+                         f"(after holding out {len(yt)} test rows)")
+    if not cfg.seeds:
+        raise UsageError("--seeds needs at least one seed")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    points_path = out / "points.jsonl"
+    done = {(p["model"], p["size"], p["seed"]): p for p in read_jsonl(points_path) if p.get("config") == key}
+    jobs = [(m, n, s) for s in cfg.seeds for n in sizes for m in models]
+    bar = progress(jobs, desc=f"curves {ds.name}", unit="fit")
+    for m, n, s in bar:
+        if (m, n, s) in done:
+            continue
+        bar.set_postfix_str(f"{m} n={n} seed={s}")
+        idx = subsample(yp, n, s, ds.task)
+        pipe = make_model(m, ds, random_state=s, **model_overrides(m, cfg, n))
+        t0 = time.perf_counter()
+        pipe.fit(Xp.iloc[idx], yp[idx])
+        fit_s = time.perf_counter() - t0
+        point = {"config": key, "model": m, "size": n, "seed": s, "score": score(ds.task, yt, pipe.predict(Xt)),
+                 "fit_seconds": fit_s}
+        append_jsonl(points_path, point)
+        done[(m, n, s)] = point
+    points = [done[j] for j in jobs]
+    result = summarize(points, models, sizes, ds, cfg, n_test=len(yt), n_pool=len(yp))
+    write_outputs(result, points, out)
+    return result
+
+
+def summarize(points: list[dict[str, Any]], models: list[str], sizes: list[int], ds: Dataset, cfg: Any,
+              n_test: int, n_pool: int) -> dict[str, Any]:
+    classification = ds.task == "classification"
+    summary: dict[str, dict[str, Any]] = {}
+    for m in models:
+        rows = {n: [p for p in points if p["model"] == m and p["size"] == n] for n in sizes}
+        summary[m] = {"sizes": sizes,
+                      "mean": [float(np.mean([p["score"] for p in rows[n]])) for n in sizes],
+                      "std": [float(np.std([p["score"] for p in rows[n]])) for n in sizes],
+                      "fit_seconds": [float(np.mean([p["fit_seconds"] for p in rows[n]])) for n in sizes]}
+    # one test set: the score's own sampling error (binomial for accuracy), to judge gaps to the floor
+    se = None
+    if classification and ds.floor is not None:
+        se = float(np.sqrt(ds.floor * (1 - ds.floor) / n_test))
+    return {"dataset": ds.name, "source": ds.source, "task": ds.task,
+            "metric": "accuracy" if classification else "mse", "greater_is_better": classification,
+            "n_train_pool": n_pool, "n_test": n_test, "seeds": list(cfg.seeds), "models": summary,
+            "crossover_n": crossover(summary, classification), "floor": ds.floor, "floor_standard_error": se,
+            "config": to_dict(cfg)}
+
+
+def write_outputs(result: dict[str, Any], points: list[dict[str, Any]], out: Path) -> None:
+    from scalelab.tabular.plots import plot_curves
+
+    write_json(out / "curves.json", result)
+    df = pd.DataFrame(points).drop(columns=["config"])
+    atomic_write_text(out / "curves.csv", df.to_csv(index=False))
+    plot_curves(result, out / "curves.png")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A short text table: score at the smallest and largest size, and fit time at the largest."""
+    metric = result["metric"]
+    lines = [f"{result['dataset']}: {metric} on {result['n_test']} test rows "
+             f"(mean over seeds {result['seeds']})",
+             f"  {'model':<8} {'n=' + str(result['models'][next(iter(result['models']))]['sizes'][0]):>10} "
+             f"{'n=' + str(result['models'][next(iter(result['models']))]['sizes'][-1]):>10} {'fit s':>8}"]
+    for m, s in result["models"].items():
+        lines.append(f"  {m:<8} {s['mean'][0]:>10.4f} {s['mean'][-1]:>10.4f} {s['fit_seconds'][-1]:>8.2f}")
+    if result["floor"] is not None:
+        lines.append(f"  floor ({'Bayes accuracy' if metric == 'accuracy' else 'noise variance'}): "
+                     f"{result['floor']:.4f}")
+    lines.append(f"  crossover_n (MLP above every other model from here on): {result['crossover_n']}")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""Plots of the tabular studies (matplotlib, Agg backend): learning curves and score-vs-FLOPs.
+
+Called by ``scalelab.tabular.curves`` and ``scalelab.tabular.compute``; each reads only the result dict that is
+also written as JSON, so a plot can be redrawn from the JSON alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _floor_label(result: dict[str, Any]) -> str:
+    return "Bayes accuracy" if result["metric"] == "accuracy" else "irreducible MSE (sigma^2)"
+
+
+def plot_curves(result: dict[str, Any], path: str | Path) -> None:
+    """Score vs training-set size (log x), mean over seeds with a +-1 std band, and the floor when known."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, s in result["models"].items():
+        x, m, sd = np.array(s["sizes"]), np.array(s["mean"]), np.array(s["std"])
+        (line,) = ax.plot(x, m, marker="o", ms=3, label=name)
+        ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.2)
+    if result.get("floor") is not None:
+        ax.axhline(result["floor"], color="k", ls="--", lw=1, label=_floor_label(result))
+    if result.get("crossover_n"):
+        ax.axvline(result["crossover_n"], color="gray", ls=":", lw=1, label=f"crossover n={result['crossover_n']}")
+    ax.set_xscale("log")
+    if result["metric"] == "mse":
+        ax.set_yscale("log")
+    ax.set_xlabel("training examples")
+    ax.set_ylabel(f"test {result['metric']}")
+    ax.set_title(f"{result['dataset']}: learning curves ({len(result['seeds'])} seeds)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_compute(result: dict[str, Any], path: str | Path) -> None:
+    """Test score vs training FLOPs: one line per MLP width (points = epochs), plus floor and best classical."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_width: dict[int, list[dict[str, Any]]] = {}
+    for p in result["points"]:
+        by_width.setdefault(p["width"], []).append(p)
+    cmap = plt.get_cmap("viridis")
+    widths = sorted(by_width)
+    for i, w in enumerate(widths):
+        pts = sorted(by_width[w], key=lambda p: p["flops"])
+        ax.plot([p["flops"] for p in pts], [p["score"] for p in pts], marker="o", ms=3,
+                color=cmap(i / max(1, len(widths) - 1)), label=f"width {w}")
+    if result.get("best_classical") is not None:
+        b = result["best_classical"]
+        ax.axhline(b["score"], color="tab:red", ls="-.", lw=1, label=f"best classical ({b['model']})")
+    if result.get("floor") is not None:
+        ax.axhline(result["floor"], color="k", ls="--", lw=1, label=_floor_label(result))
+    ax.set_xscale("log")
+    if result["metric"] == "mse":
+        ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs (matmuls, from layer shapes)")
+    ax.set_ylabel(f"test {result['metric']}")
+    ax.set_title(f"{result['dataset']}: MLP score vs compute (n={result['n_train']})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
