@@ -2,7 +2,10 @@
 
     scalelab pretrain --run runs/demo --model micro --time-budget 5         # 5 minutes on this laptop
     scalelab pretrain --run runs/demo                                       # rerun: resumes from the last checkpoint
-    torchrun --standalone --nproc_per_node 2 -m scalelab pretrain --run runs/demo --parallel fsdp
+    torchrun --standalone --nproc_per_node 2 -m scalelab pretrain --run-dir runs/demo --parallel fsdp
+
+Under torchrun, spell the run directory ``--run-dir`` (an alias of ``--run``): torchrun's own parser rejects any
+argument starting with ``--run`` as ambiguous with its ``--run-path``, even after the module name.
 
 Flags come from scalelab.lm.train.TrainConfig (``--help`` lists them); ``--config configs/pretrain_demo.yaml`` loads a
 YAML of the same fields. When the stage already has a checkpoint, fields not given explicitly are taken from it.
@@ -20,7 +23,10 @@ from scalelab.config import load_yaml, parse_config_ns
 def main(argv: list[str] | None = None) -> int:
     from scalelab.lm.train import TrainConfig, merge_saved_config, train
 
-    cfg, ns = parse_config_ns(TrainConfig, argv, prog="scalelab pretrain")
+    def alias(parser) -> None:
+        parser.add_argument("--run-dir", dest="run", metavar="RUN", help="same as --run (use it under torchrun)")
+
+    cfg, ns = parse_config_ns(TrainConfig, argv, prog="scalelab pretrain", extra=alias)
     explicit = {f.name for f in dataclasses.fields(TrainConfig) if getattr(ns, f.name, None) is not None}
     if ns.config:
         explicit |= set(load_yaml(ns.config)) - {"_target"}
