@@ -6,6 +6,7 @@ Set SCALELAB_SCREENSHOT=runs/serve_screenshot.png to keep a copy of the screensh
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import shutil
@@ -26,11 +27,48 @@ pytestmark = [
 ]
 
 
+class PacedEngine:
+    """The real engine, its text handed out one character at a time at a set pace: a tiny model answers in a few
+    milliseconds, which a browser would receive in one network read; pacing makes "the reply grows as it streams"
+    observable on the page. (tests/test_serve.py checks that the server itself streams in many chunks.)"""
+
+    def __init__(self, engine, delay: float = 0.01) -> None:
+        self.engine, self.delay = engine, delay
+
+    def submit(self, *args, **kwargs):
+        return PacedRequest(self.engine.submit(*args, **kwargs), self.delay)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+class PacedRequest:
+    def __init__(self, req, delay: float) -> None:
+        self.req, self.delay = req, delay
+
+    async def __aiter__(self):
+        async for delta in self.req:
+            for char in delta:
+                await asyncio.sleep(self.delay)
+                yield char
+
+    def __getattr__(self, name):
+        return getattr(self.req, name)
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     # a longer context than the API tests' run, so that a few turns of conversation fit
     run = make_chat_run(tmp_path_factory.mktemp("page") / "tiny-page", max_seq_len=512)
-    return build_app(ServeConfig(run=str(run), max_tokens_limit=64, device="cpu", dtype="fp32"))
+    app = build_app(ServeConfig(run=str(run), max_tokens_limit=64, device="cpu", dtype="fp32"))
+    app.state.served.engine = PacedEngine(app.state.served.engine)
+    return app
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    with live_server(app) as url:  # one server per module: its shutdown closes the engine
+        yield url
 
 
 @pytest.fixture()
@@ -47,48 +85,47 @@ def browser_page():
         browser.close()
 
 
-def test_page_streams_a_reply_and_resets(app, browser_page, tmp_path):
+def test_page_streams_a_reply_and_resets(server, browser_page, tmp_path):
     page, elsewhere = browser_page
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    with live_server(app) as url:
-        page.goto(url + "/")
-        page.wait_for_function("document.getElementById('model').textContent.includes('ctx')")
-        assert page.locator("#api-key-field").is_hidden()  # no key on this server: no key field
-        page.fill("#max-tokens", "24")
-        page.eval_on_selector("#temperature", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
-        # count the reply's text updates: a streamed reply grows in several steps, not in one
-        page.evaluate("""() => {
-            window.__updates = 0;
-            new MutationObserver(() => { window.__updates++; }).observe(
-                document.getElementById('messages'), {subtree: true, characterData: true, childList: true});
-        }""")
-        page.fill("#input", "Hello there, who are you?")
-        page.keyboard.press("Enter")
-        page.wait_for_selector(".msg.assistant:not(.streaming) .meta", timeout=60_000)
-        reply = page.inner_text(".msg.assistant .bubble")
-        assert page.inner_text(".msg.user .bubble") == "Hello there, who are you?"
-        assert reply.strip(), "the reply is empty"
-        assert "tokens" in page.inner_text(".msg.assistant .meta")
-        assert page.evaluate("window.__updates") > 4, "the reply did not arrive token by token"
-        # a second turn sends the whole conversation
-        page.fill("#input", "And then?")
-        page.click("#send")
-        page.wait_for_function("document.querySelectorAll('.msg.assistant:not(.streaming) .meta').length == 2",
-                               timeout=60_000)
-        assert page.locator(".msg").count() == 4
-        history = page.evaluate("JSON.parse(sessionStorage.getItem('scalelab.history'))")
-        kept = [m["role"] for m in history]
-        assert kept in (["user", "assistant", "user", "assistant"], ["user", "assistant"])
-        shot = tmp_path / "serve_screenshot.png"
-        page.screenshot(path=str(shot), full_page=True)
-        assert shot.stat().st_size > 5000
-        if os.environ.get("SCALELAB_SCREENSHOT"):
-            Path(os.environ["SCALELAB_SCREENSHOT"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, os.environ["SCALELAB_SCREENSHOT"])
-        page.click("#reset")
-        assert page.locator(".msg").count() == 0 and page.locator("#empty").is_visible()
-        assert page.evaluate("sessionStorage.getItem('scalelab.history')") == "[]"
+    page.goto(server + "/")
+    page.wait_for_function("document.getElementById('model').textContent.includes('ctx')")
+    assert page.locator("#api-key-field").is_hidden()  # no key on this server: no key field
+    page.fill("#max-tokens", "24")
+    page.eval_on_selector("#temperature", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
+    # count the reply's text updates: a streamed reply grows in several steps, not in one
+    page.evaluate("""() => {
+        window.__updates = 0;
+        new MutationObserver(() => { window.__updates++; }).observe(
+            document.getElementById('messages'), {subtree: true, characterData: true, childList: true});
+    }""")
+    page.fill("#input", "Hello there, who are you?")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".msg.assistant:not(.streaming) .meta", timeout=60_000)
+    reply = page.inner_text(".msg.assistant .bubble")
+    assert page.inner_text(".msg.user .bubble") == "Hello there, who are you?"
+    assert reply.strip(), "the reply is empty"
+    assert "tokens" in page.inner_text(".msg.assistant .meta")
+    assert page.evaluate("window.__updates") > 4, f"the reply did not arrive token by token: {reply!r}"
+    # a second turn sends the whole conversation
+    page.fill("#input", "And then?")
+    page.click("#send")
+    page.wait_for_function("document.querySelectorAll('.msg.assistant:not(.streaming) .meta').length == 2",
+                           timeout=60_000)
+    assert page.locator(".msg").count() == 4
+    history = page.evaluate("JSON.parse(sessionStorage.getItem('scalelab.history'))")
+    kept = [m["role"] for m in history]
+    assert kept in (["user", "assistant", "user", "assistant"], ["user", "assistant"])
+    shot = tmp_path / "serve_screenshot.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 5000
+    if os.environ.get("SCALELAB_SCREENSHOT"):
+        Path(os.environ["SCALELAB_SCREENSHOT"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, os.environ["SCALELAB_SCREENSHOT"])
+    page.click("#reset")
+    assert page.locator(".msg").count() == 0 and page.locator("#empty").is_visible()
+    assert page.evaluate("sessionStorage.getItem('scalelab.history')") == "[]"
     assert not errors, errors
     assert not elsewhere, f"the page requested other hosts: {elsewhere}"
 

@@ -235,31 +235,30 @@ def _submit(served: Served, body: schemas._Request, prompt_ids: list[int], promp
     except QueueFull:
         raise APIError(429, "the server is busy (its request queue is full): retry in a moment",
                        "rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
-    except ValueError as e:
-        raise APIError(400, str(e), param=prompt_param, code="context_length_exceeded") from None
+    except RuntimeError as e:  # the engine is closed: the server is shutting down
+        raise APIError(503, f"the server is shutting down ({e})", "server_error", code="shutting_down") from None
+    except ValueError as e:  # the engine's own checks (prompt length, token ids, sampling values)
+        context = "context length" in str(e)
+        raise APIError(400, str(e), param=prompt_param if context else None,
+                       code="context_length_exceeded" if context else None) from None
 
 
-async def _deltas(req: Any, limiter: anyio.CapacityLimiter) -> AsyncIterator[str]:
-    """The engine request's text deltas, read without blocking the event loop; cancels it if abandoned."""
-    it = iter(req)
-    done = object()
+async def _deltas(req: Any) -> AsyncIterator[str]:
+    """The engine request's text deltas (``async for`` on the request: no thread per reader); cancels if abandoned."""
     try:
-        while True:
-            delta = await anyio.to_thread.run_sync(next, it, done, limiter=limiter)
-            if delta is done:
-                return
+        async for delta in req:
             if delta:
                 yield delta
     finally:
         req.cancel()
 
 
-async def _collect(request: Request, req: Any, limiter: anyio.CapacityLimiter) -> str:
+async def _collect(request: Request, req: Any) -> str:
     """The whole text of a non-streamed answer; a client that disconnects meanwhile cancels the generation."""
     parts: list[str] = []
 
     async def read() -> None:
-        async for delta in _deltas(req, limiter):
+        async for delta in _deltas(req):
             parts.append(delta)
 
     async def watch(scope: anyio.CancelScope) -> None:
@@ -280,11 +279,12 @@ def _sse(obj: Any) -> str:
 
 
 def _finish(req: Any) -> str:
+    """OpenAI's finish_reason: "stop" or "length" (an engine shut down mid-answer reads as "stop")."""
     reason = getattr(req, "finish_reason", None) or "stop"
     return reason if reason in ("stop", "length") else "stop"
 
 
-async def _stream(req: Any, limiter: anyio.CapacityLimiter, first: Callable[[], dict | None],
+async def _stream(req: Any, first: Callable[[], dict | None],
                   piece: Callable[[str], dict], last: Callable[[str], dict], usage: Callable[[], dict] | None,
                   ) -> AsyncIterator[str]:
     """Server-sent events: optional opening chunk, one chunk per delta, the finishing chunk, usage, [DONE]."""
@@ -292,7 +292,7 @@ async def _stream(req: Any, limiter: anyio.CapacityLimiter, first: Callable[[], 
         opening = first()
         if opening is not None:
             yield _sse(opening)
-        async for delta in _deltas(req, limiter):
+        async for delta in _deltas(req):
             yield _sse(piece(delta))
         yield _sse(last(_finish(req)))
         if usage is not None:
@@ -314,7 +314,7 @@ def _counts(req: Any, n_prompt: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------- the app
 
 def create_app(served: Served, cors_origins: list[str] | None = None, max_request_bytes: int = 1_000_000,
-               on_shutdown: Callable[[], None] | None = None, max_streams: int = 256) -> FastAPI:
+               on_shutdown: Callable[[], None] | None = None) -> FastAPI:
     """The FastAPI app around an engine (anything with ``submit(...)``) and its tokenizer."""
 
     @contextlib.asynccontextmanager
@@ -325,8 +325,6 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
 
     app = FastAPI(title="scalelab", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.served = served
-    # blocking reads of engine deltas run in threads; their own limiter keeps them off FastAPI's default pool
-    limiter = anyio.CapacityLimiter(max_streams)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     if cors_origins:
@@ -344,8 +342,10 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        stats = getattr(served.engine, "stats", None)
         return {"status": "ok", "model": served.model_id, "auth_required": bool(served.api_key),
-                "context_length": served.context_length, "max_tokens_limit": served.max_tokens_limit}
+                "context_length": served.context_length, "max_tokens_limit": served.max_tokens_limit,
+                "engine": stats() if callable(stats) else None}
 
     @app.get("/v1/models", dependencies=auth)
     async def list_models() -> dict[str, Any]:
@@ -373,14 +373,14 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
         if body.stream:
             wu = body.include_usage
             return StreamingResponse(_stream(
-                req, limiter,
+                req,
                 lambda: schemas.chat_chunk(id_, model, created, {"role": "assistant", "content": ""}, None, wu),
                 lambda d: schemas.chat_chunk(id_, model, created, {"content": d}, None, wu),
                 lambda fr: schemas.chat_chunk(id_, model, created, {}, fr, wu),
                 (lambda: schemas.usage_chunk(id_, model, created, "chat.completion.chunk",
                                              *_counts(req, len(prompt_ids)))) if wu else None,
             ), media_type="text/event-stream", headers=SSE_HEADERS)
-        text = await _collect(request, req, limiter)
+        text = await _collect(request, req)
         return JSONResponse(schemas.chat_completion(id_, model, text, _finish(req), *_counts(req, len(prompt_ids))))
 
     @app.post("/v1/completions", dependencies=auth)
@@ -394,14 +394,14 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
         if body.stream:
             wu = body.include_usage
             return StreamingResponse(_stream(
-                req, limiter,
+                req,
                 (lambda: schemas.completion_chunk(id_, model, created, echo, None, wu)) if echo else (lambda: None),
                 lambda d: schemas.completion_chunk(id_, model, created, d, None, wu),
                 lambda fr: schemas.completion_chunk(id_, model, created, "", fr, wu),
                 (lambda: schemas.usage_chunk(id_, model, created, "text_completion",
                                              *_counts(req, len(prompt_ids)))) if wu else None,
             ), media_type="text/event-stream", headers=SSE_HEADERS)
-        text = await _collect(request, req, limiter)
+        text = await _collect(request, req)
         return JSONResponse(schemas.completion(id_, model, echo + text, _finish(req), *_counts(req, len(prompt_ids))))
 
     return app
@@ -418,27 +418,19 @@ PAGE_HEADERS = {
 
 def build_app(cfg: ServeConfig) -> FastAPI:
     """Load the run's tokenizer and checkpoint, start the engine, and wrap both in the app."""
-    from scalelab.common import resolve_device, resolve_dtype, torch_dtype
-    from scalelab.lm.checkpoint import load_model
-    from scalelab.lm.engine import Engine
-    from scalelab.lm.tokenizer import load_tokenizer
+    from scalelab.lm.engine import Engine, load_for_inference
 
     cfg.check()
     run = Path(cfg.run)
     if not run.exists():
         raise UsageError(f"{run}: no such run folder")
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    tokenizer = load_tokenizer(run)
-    model, _meta, _step = load_model(run, stage=cfg.stage, device=device, dtype=torch_dtype(dtype))
-    model.eval()
-    engine = Engine(model, tokenizer, device, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
+    model, tokenizer, _step = load_for_inference(run, cfg.stage or None, cfg.device, cfg.dtype)
+    engine = Engine(model, tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
     served = Served(engine=engine, tokenizer=tokenizer, model_id=cfg.model_name or run.resolve().name,
-                    context_length=model.config.max_seq_len, max_tokens_limit=cfg.max_tokens_limit,
+                    context_length=engine.context_length, max_tokens_limit=cfg.max_tokens_limit,
                     api_key=cfg.resolved_api_key())
-    close = getattr(engine, "close", None) or getattr(engine, "stop", None)
     return create_app(served, cors_origins=cfg.cors_origin, max_request_bytes=cfg.max_request_bytes,
-                      on_shutdown=close, max_streams=cfg.max_batch + cfg.max_queue + 16)
+                      on_shutdown=engine.close)
 
 
 __all__ = ["ServeConfig", "Served", "build_app", "create_app", "require_api_key"]
