@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_export import tiny_run
 
 from scalelab.__main__ import main
 from scalelab.lm.chat import CHAT_TEMPLATE
@@ -22,6 +21,11 @@ from scalelab.lm.checkpoint import load_model
 from scalelab.lm.export import expected_names, map_name
 from scalelab.lm.gguf_export import permute_qk, unpermute_qk
 from scalelab.lm.model import apply_rope, rope_tables
+
+try:  # tests/ is not a package: pytest puts it on sys.path, so the sibling module imports by its own name
+    from test_export import tiny_run
+except ImportError:  # pragma: no cover - if tests/ ever becomes a package
+    from tests.test_export import tiny_run
 
 gguf = pytest.importorskip("gguf")
 
