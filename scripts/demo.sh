@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The scalelab demo pipeline (what `make demo` runs): tokenizer -> pretrain -> SFT -> eval -> report -> chat.
+#
+#   bash scripts/demo.sh [RUN_DIR]          # default runs/demo; about 10 minutes on 2 CPU cores
+#
+# Re-running continues: a finished stage is skipped (its marker is RUN_DIR/.demo/<stage>.done; delete it to redo
+# the stage), and a stage that was interrupted resumes from its last checkpoint. Every stage is a plain `scalelab`
+# command reading configs/demo_*.yaml, so any line below can be run (or tuned) on its own.
+set -euo pipefail
+
+RUN="${1:-runs/demo}"
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+[ -x "$PY" ] || PY="$(command -v python3)"
+export PYTHONUNBUFFERED=1
+SL=("$PY" -m scalelab)
+MARKS="$RUN/.demo"
+mkdir -p "$MARKS"
+T0=$(date +%s)
+
+# Run a stage unless its marker says it finished; record its wall time in the marker.
+stage() {
+  local name="$1"; shift
+  if [ -f "$MARKS/$name.done" ]; then
+    echo "== $name: already done ($(cat "$MARKS/$name.done") s), skipped (rm $MARKS/$name.done to redo)"
+    return 0
+  fi
+  echo
+  echo "== $name: $*"
+  local start; start=$(date +%s)
+  "$@"
+  echo $(( $(date +%s) - start )) > "$MARKS/$name.done"
+  echo "== $name: done in $(cat "$MARKS/$name.done") s"
+}
+
+# ------------------------------------------------------------------------------------------------------------------
+# TABULAR STUDY (MLP vs classical baselines): the maintainer adds its commands here, e.g.
+#   stage tabular-curves "${SL[@]}" curves ...
+# ------------------------------------------------------------------------------------------------------------------
+
+# ------------------------------------------------------------------------------------------------------------------
+# LANGUAGE MODEL: tokenizer -> pretrain -> SFT -> eval (base and chat) -> report
+# ------------------------------------------------------------------------------------------------------------------
+stage tokenizer "${SL[@]}" tokenizer --config configs/demo_tokenizer.yaml --run "$RUN"
+stage pretrain  "${SL[@]}" pretrain  --config configs/demo_pretrain.yaml  --run "$RUN"
+stage sft       "${SL[@]}" sft       --config configs/demo_sft.yaml       --run "$RUN"
+stage eval-base "${SL[@]}" eval      --config configs/demo_eval.yaml      --run "$RUN" --stage base
+stage eval-chat "${SL[@]}" eval      --config configs/demo_eval.yaml      --run "$RUN" --stage chat
+# the report is cheap and always re-rendered from the JSON files
+echo
+"${SL[@]}" report --run "$RUN" > /dev/null
+echo "== report: $RUN/report.md"
+
+# ------------------------------------------------------------------------------------------------------------------
+# What came out
+# ------------------------------------------------------------------------------------------------------------------
+echo
+echo "== wall time per stage (seconds)"
+for s in tokenizer pretrain sft eval-base eval-chat; do
+  [ -f "$MARKS/$s.done" ] && printf "  %-10s %6s\n" "$s" "$(cat "$MARKS/$s.done")"
+done
+printf "  %-10s %6s   (this invocation)\n" "total" "$(( $(date +%s) - T0 ))"
+
+echo
+"${SL[@]}" report --run "$RUN" --table
+
+echo
+echo "== a short conversation with the demo chat model"
+for q in "What is 23 plus 19?" "Hello! Who are you?"; do
+  echo "user: $q"
+  printf "assistant: "
+  "${SL[@]}" chat --run "$RUN" --prompt "$q" --temperature 0 --max-tokens 48 || echo "(chat failed)"
+done
+
+cat <<EOF
+
+Where things are ($RUN):
+  tokenizer/          tokenizer.json + chat template
+  base/, chat/        checkpoints (safetensors + meta.json); latest -> newest step
+  metrics.jsonl       training curves;  eval/base.json, eval/chat.json: per-task scores
+  report.md           the report, with loss.png and eval.png
+
+Chat with it:         ${SL[*]} chat --run $RUN
+Serve it (OpenAI API + web page):  ${SL[*]} serve --run $RUN
+EOF
