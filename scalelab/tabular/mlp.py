@@ -13,6 +13,7 @@ every epoch shuffles by an index permutation (no DataLoader), and a step is forw
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -351,6 +352,7 @@ class _BaseMLP(BaseEstimator):
         if best_state is not None:  # early stopping keeps the best weights seen on the validation split
             net.flat.copy_(best_state)
         self.model_ = net.to_sequential().eval()
+        self._predict_model = copy.deepcopy(self.model_).double().cpu()  # see _forward_numpy
         self.best_validation_score_ = float(best) if X_val is not None else None
         self.n_iter_ = epoch
         self.t_ = epoch * n  # examples seen, as in scikit-learn
@@ -360,10 +362,11 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _forward_numpy(self, X: np.ndarray) -> np.ndarray:
-        device = next(self.model_.parameters()).device
+        # Predict in float64 on a copy: a row's prediction then does not depend on which other rows share its
+        # batch (float32 matmul kernels block differently by batch size), as scikit-learn's contract asks.
         with torch.no_grad():
-            out = self.model_(torch.from_numpy(np.asarray(X, dtype=np.float32)).to(device))
-        return out.double().cpu().numpy()
+            out = self._predict_model(torch.from_numpy(np.asarray(X, dtype=np.float64)))
+        return out.numpy()
 
     def training_flops(self) -> int:
         """Training matmul FLOPs of the last fit, from the layer shapes (see ``training_flops``)."""
@@ -420,7 +423,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return np.log(np.clip(self.predict_proba(X), 1e-300, None))
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # checks fitted first
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
