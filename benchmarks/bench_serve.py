@@ -1,0 +1,167 @@
+"""Aggregate tokens/s of `scalelab serve` at 1, 4 and 8 concurrent streams, against the live server on loopback.
+
+    .venv/bin/python benchmarks/bench_serve.py [--max-tokens 64] [--requests 3] [--dtype auto] [--max-batch 8]
+                                               [--temperature 1.0]
+
+Builds a throw-away run (byte-level BPE tokenizer trained on a few stdlib files; model vocab 4096, width 256,
+4 layers, 4 heads, context 512, random init: speed does not depend on training), starts `python -m scalelab serve`
+on a free 127.0.0.1 port, then for each concurrency c in 1, 4, 8 runs c clients that each send ``--requests``
+streamed chat completions of exactly ``--max-tokens`` tokens (``ignore_eos``: stop disabled). Aggregate tokens/s =
+completion tokens (from each stream's ``usage``) / wall time of the level. The anchor is the 1-stream figure of the
+same run; the target is 8 streams >= 4x one. Also reports the median time to first token. Writes
+benchmarks/results/bench_serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "bench_serve.json"
+LEVELS = (1, 4, 8)
+
+
+def build_run(root: Path) -> Path:
+    """A run folder: tokenizer trained on stdlib text (a few seconds) + a random vocab-4096 chat checkpoint."""
+    import torch
+
+    from scalelab.lm.checkpoint import save_checkpoint
+    from scalelab.lm.model import GPT, ModelConfig
+    from scalelab.lm.tokenizer import save_tokenizer, train_tokenizer
+    from scalelab.runs import RunDir
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(stdlib.glob("*.py"))[:60]]
+    run = RunDir(root)
+    tok = train_tokenizer(texts, vocab_size=4096, show_progress=False)
+    save_tokenizer(tok, run.tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, n_kv_head=4, max_seq_len=512)
+    save_checkpoint(run, "chat", 1, GPT(cfg), {"model_config": cfg.to_dict()})
+    return root
+
+
+def one_stream(url: str, body: dict) -> tuple[int, float]:
+    """(completion tokens, seconds to the first content chunk) of one streamed chat completion."""
+    t0 = time.perf_counter()
+    first, tokens = None, 0
+    with httpx.Client(timeout=120) as http, http.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+            elif first is None and event["choices"] and event["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - t0
+    return tokens, first if first is not None else float("nan")
+
+
+def level(url: str, clients: int, requests: int, body: dict) -> dict:
+    results: list[tuple[int, float]] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        for j in range(requests):
+            out = one_stream(url, {**body, "seed": 1000 * i + j})
+            with lock:
+                results.append(out)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t
+    tokens = sum(r[0] for r in results)
+    return {"clients": clients, "requests": len(results), "tokens": tokens, "seconds": round(wall, 3),
+            "tokens_per_s": round(tokens / wall, 1),
+            "median_first_token_s": round(statistics.median(r[1] for r in results), 4)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-tokens", type=int, default=64, help="tokens per request (stop disabled)")
+    ap.add_argument("--requests", type=int, default=3, help="requests per client at each level")
+    ap.add_argument("--dtype", default="auto", help="server dtype: auto (bf16 on AMX CPUs), fp32, bf16")
+    ap.add_argument("--max-batch", type=int, default=8, help="server --max-batch")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
+        run = build_run(Path(tmp) / "bench")
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "SCALELAB_API_KEY"}
+        proc = subprocess.Popen([sys.executable, "-m", "scalelab", "serve", "--run", str(run), "--port", str(port),
+                                 "--max-batch", str(args.max_batch), "--max-queue", "64", "--dtype", args.dtype,
+                                 "--max-tokens-limit", str(args.max_tokens), "--log-level", "warning"],
+                                env=env, cwd=ROOT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit("the server exited before it was ready")
+                try:
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server did not come up within 120 s")
+                time.sleep(0.2)
+            prompt = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
+            body = {"messages": prompt, "max_tokens": args.max_tokens, "temperature": args.temperature, "stream": True,
+                    "stream_options": {"include_usage": True}, "ignore_eos": True}
+            level(url, 2, 1, body)  # warm-up: first-call allocations and lazy imports
+            rows = [level(url, c, args.requests, body) for c in LEVELS]
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    anchor = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["ratio_vs_1"] = round(r["tokens_per_s"] / anchor, 2)
+        print(f"{r['clients']} stream(s): {r['tokens_per_s']:8.1f} tok/s aggregate  ({r['ratio_vs_1']:.2f}x one "
+              f"stream; median first token {r['median_first_token_s'] * 1000:.0f} ms; {r['tokens']} tokens in "
+              f"{r['seconds']} s)")
+    ratio8 = rows[-1]["ratio_vs_1"]
+    print(f"8 streams vs 1: {ratio8:.2f}x (target >= 4x: {'met' if ratio8 >= 4 else 'NOT met'})")
+    out = {"benchmark": "bench_serve", "anchor": "1 concurrent stream, same run", "levels": rows,
+           "ratio_8_vs_1": ratio8, "target_ratio": 4.0, "target_met": ratio8 >= 4,
+           "settings": {**vars(args), "model": "vocab 4096, d 256, 4 layers, 4 heads, ctx 512, random init"},
+           "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+           "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
