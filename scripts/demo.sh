@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The scalelab demo pipeline (what `make demo` runs): tokenizer -> pretrain -> SFT -> eval -> report -> chat.
 #
-#   bash scripts/demo.sh [RUN_DIR]          # default runs/demo; about 10 minutes on 2 CPU cores
+#   bash scripts/demo.sh [RUN_DIR]                          # default runs/demo; about 10 minutes on 2 CPU cores
+#   DEMO_PROFILE=laptop bash scripts/demo.sh runs/laptop    # configs/laptop_*.yaml: about 2 hours, a better model
+#   DEMO_PROFILE=gpu bash scripts/demo.sh runs/gpu          # configs/gpu_*.yaml: one CUDA GPU, about 75 minutes
 #
 # Re-running continues: a finished stage is skipped (its marker is RUN_DIR/.demo/<stage>.done; delete it to redo
 # the stage), and a stage that was interrupted resumes from its last checkpoint. Every stage is a plain `scalelab`
-# command reading configs/demo_*.yaml, so any line below can be run (or tuned) on its own.
+# command reading configs/<profile>_*.yaml, so any line below can be run (or tuned) on its own.
 set -euo pipefail
 
 RUN="${1:-runs/demo}"
+PROFILE="${DEMO_PROFILE:-demo}"
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
@@ -16,6 +19,10 @@ export PYTHONUNBUFFERED=1
 SL=("$PY" -m scalelab)
 MARKS="$RUN/.demo"
 mkdir -p "$MARKS"
+for f in tokenizer pretrain sft eval; do
+  [ -f "configs/${PROFILE}_$f.yaml" ] || { echo "demo.sh: configs/${PROFILE}_$f.yaml not found (DEMO_PROFILE=$PROFILE)" >&2; exit 2; }
+done
+echo "scalelab demo: profile '$PROFILE', run folder $RUN (re-run this command to continue after an interruption)"
 T0=$(date +%s)
 
 # Run a stage unless its marker says it finished; record its wall time in the marker.
@@ -41,11 +48,11 @@ stage() {
 # ------------------------------------------------------------------------------------------------------------------
 # LANGUAGE MODEL: tokenizer -> pretrain -> SFT -> eval (base and chat) -> report
 # ------------------------------------------------------------------------------------------------------------------
-stage tokenizer "${SL[@]}" tokenizer --config configs/demo_tokenizer.yaml --run "$RUN"
-stage pretrain  "${SL[@]}" pretrain  --config configs/demo_pretrain.yaml  --run "$RUN"
-stage sft       "${SL[@]}" sft       --config configs/demo_sft.yaml       --run "$RUN"
-stage eval-base "${SL[@]}" eval      --config configs/demo_eval.yaml      --run "$RUN" --stage base
-stage eval-chat "${SL[@]}" eval      --config configs/demo_eval.yaml      --run "$RUN" --stage chat
+stage tokenizer "${SL[@]}" tokenizer --config configs/${PROFILE}_tokenizer.yaml --run "$RUN"
+stage pretrain  "${SL[@]}" pretrain  --config configs/${PROFILE}_pretrain.yaml  --run "$RUN"
+stage sft       "${SL[@]}" sft       --config configs/${PROFILE}_sft.yaml       --run "$RUN"
+stage eval-base "${SL[@]}" eval      --config configs/${PROFILE}_eval.yaml      --run "$RUN" --stage base
+stage eval-chat "${SL[@]}" eval      --config configs/${PROFILE}_eval.yaml      --run "$RUN" --stage chat
 # the report is cheap and always re-rendered from the JSON files
 echo
 "${SL[@]}" report --run "$RUN" > /dev/null
