@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scalelab.common import UsageError, dist_info, print0, progress
+from scalelab.common import UsageError, dist_info, print0, progress, read_json, write_json
 from scalelab.config import config_from_dict, load_yaml, save_config, to_dict
 from scalelab.lm.train import TrainConfig, merge_saved_config, train
 from scalelab.runs import RunDir
@@ -328,14 +328,9 @@ def sft(cfg: SFTConfig, explicit: set[str] | None = None) -> dict[str, Any]:
             print0(f"installed the chat template into {run.tokenizer_dir}")
     if dist_info().is_main and not tcfg.preflight_only:
         save_config(cfg, run.config_json, section="sft")
-        save_config(mixture_from(cfg), run.config_json, section="sft_mixture")
-        import json
-
-        from scalelab.common import atomic_write_text
-
-        path = run.config_json
-        merged = json.loads(path.read_text()) if path.is_file() else {}
-        merged["sft_data"] = {"train": report["train"], "val": report["val"]}
-        atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+        save_config(mixture_from(cfg), run.config_json, section="sft_mixture")  # eval reads the task options here
+        merged = read_json(run.config_json)
+        merged["sft_data"] = {"train": report["train"], "val": report["val"]}  # what the packing kept and cut
+        write_json(run.config_json, merged)
     summary = train(tcfg, source)
     return {**summary, "sft_data": report}
