@@ -137,7 +137,8 @@ def test_hf_tokenizer_feeds_the_same_ids(exported, tmp_path_factory) -> None:
     assert list(ids["input_ids"]) == render_prompt(tok, messages)  # chat: the template's own <|bos|>, no second one
 
 
-def test_pipeline_greedy_text_equals_ours(exported, tmp_path_factory) -> None:
+def test_pipeline_greedy_text_equals_scalelab_sample(exported, tmp_path_factory, capsys) -> None:
+    """transformers' pipeline (do_sample=False) == `scalelab sample --temperature 0`: same ids, same decoded text."""
     from transformers import pipeline
 
     from scalelab.lm.chat import render_prompt
@@ -152,11 +153,19 @@ def test_pipeline_greedy_text_equals_ours(exported, tmp_path_factory) -> None:
     for prompt in ("ROMEO:\n", "The king"):
         ours_ids = list(generate(model, [0] + tok.encode(prompt).ids, n, temperature=0, stop_ids=[5]))
         assert len(set(ours_ids)) > 5, "greedy text is degenerate; the fixture model is undertrained"
-        text = pipe(prompt, max_new_tokens=n, do_sample=False, return_full_text=False)[0]["generated_text"]
-        assert text == tok.decode(ours_ids)
         enc = pipe.tokenizer(prompt, return_tensors="pt")
         hf_ids = pipe.model.generate(**enc, max_new_tokens=n, do_sample=False)[0, enc["input_ids"].shape[1]:]
         assert hf_ids.tolist() == ours_ids
+        text = pipe(prompt, max_new_tokens=n, do_sample=False, return_full_text=False)[0]["generated_text"]
+        assert text == tok.decode(ours_ids)
+        # the command itself (fp32: its "auto" dtype would be bf16 here); it also stops at <|bos|>, hence the cut
+        capsys.readouterr()
+        assert main(["sample", "--run", str(run), "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0",
+                     "--dtype", "fp32", "--device", "cpu"]) == 0
+        cut = next((i for i, t in enumerate(ours_ids) if t < 6), len(ours_ids))
+        assert capsys.readouterr().out == prompt + tok.decode(ours_ids[:cut]) + "\n"
+        if cut == len(ours_ids):
+            assert text == tok.decode(ours_ids[:cut])
     messages = [{"role": "user", "content": "Who art thou?"}]
     ours_ids = list(generate(model, render_prompt(tok, messages), n, temperature=0, stop_ids=[5]))
     chat = pipe(messages, max_new_tokens=n, do_sample=False)[0]["generated_text"]
