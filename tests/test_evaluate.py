@@ -188,3 +188,15 @@ def test_chat_stage_without_a_template_is_a_clear_error(tmp_path: Path) -> None:
         require_chat_template(run)
     (run.tokenizer_dir / "tokenizer_config.json").write_text('{"chat_template": "{{ x }}"}')
     require_chat_template(run)
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="shared data folder not present")
+def test_multiple_choice_runs_on_real_items(tok) -> None:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=1, n_embd=32, n_head=1, n_kv_head=1,
+                            max_seq_len=64)).eval()
+    for name in ("copa", "winogrande", "hellaswag"):
+        items = load_mc_set(name, limit=3, seed=1, data_dir=DATA)
+        res = evaluate_mc(model, tok, items, batch_size=4, show_progress=False)
+        assert res["n"] == 3 and 0.0 <= res["accuracy"] <= 1.0 and 0.0 <= res["accuracy_norm"] <= 1.0
+        assert res["chance"] == pytest.approx(sum(1 / len(it.contexts) for it in items) / 3)
