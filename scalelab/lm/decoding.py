@@ -36,10 +36,10 @@ class Decoder:
     """Inference-only forward of a ``GPT`` with fused weights and its own KV cache of ``max_batch`` rows.
 
     Same math as ``GPT.forward`` (tests check the logits), fewer kernel launches: q/k/v and gate/up are one matmul
-    each, RMSNorm is one fused op, RoPE is three ops for q and k together. The cache is laid out
-    (layer, row, kv_head, position, head_dim) so attention reads each row's prefix without copies.
-    ``lengths[r]`` is how many tokens row r holds. The weights are copied (fused) at construction: build a new
-    decoder after the model's weights change.
+    each, the residual adds ride on ``addmm``, RMSNorm weights are folded into the next projection, RoPE is three
+    ops for q and k together. The cache is laid out (layer, row, kv_head, position, head_dim) so attention reads
+    each row's prefix without copies. ``lengths[r]`` is how many tokens row r holds. The weights are copied at
+    construction (about one model's worth of memory on CPU): build a new decoder after the model's weights change.
     """
 
     def __init__(self, model: torch.nn.Module, max_batch: int = 1, max_len: int | None = None) -> None:
@@ -52,32 +52,48 @@ class Decoder:
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.n_qk = (cfg.n_head + cfg.n_kv_head) * cfg.head_dim
         self.eps, self.n_embd, self.ffn = cfg.norm_eps, cfg.n_embd, cfg.intermediate_size
+        # Weights are kept as (in, out) so every projection is one mm / addmm on 2-D activations (B*T, C), with the
+        # residual add fused into addmm. On CPU the (in, out) copy is also 1.3-2.2x faster than F.linear's
+        # (out, in) layout for few rows (measured on the 4096 x 256 output layer); on CUDA a transposed view does.
+        # Each RMSNorm weight is folded into the rows of the projection that follows it, so a norm is 4 kernels.
+        cpu = self.device.type == "cpu"
+
+        def prep(w: torch.Tensor, norm: torch.Tensor | None = None) -> torch.Tensor:
+            w = w.detach().t()  # (in, out)
+            if norm is not None:
+                w = w * norm.detach()[:, None]
+            return w.contiguous() if cpu or norm is not None else w
+
         with torch.no_grad():
             self.embed = emb.detach()
             self.layers = []
             for blk in m.layers:
                 a, mlp = blk.self_attn, blk.mlp
                 self.layers.append((
-                    blk.input_layernorm.weight.detach(),
-                    torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
-                    a.o_proj.weight.detach(),
-                    blk.post_attention_layernorm.weight.detach(),
-                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
-                    mlp.down_proj.weight.detach(),
+                    prep(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), blk.input_layernorm.weight),
+                    prep(a.o_proj.weight),
+                    prep(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), blk.post_attention_layernorm.weight),
+                    prep(mlp.down_proj.weight),
                 ))
-            self.norm = m.norm.weight.detach()
-            self.lm_head = m.lm_head.weight.detach()
+            self.lm_head = prep(m.lm_head.weight, m.norm.weight)
             half = self.head_dim // 2
             # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]: one roll instead of two slices, neg and cat
             self.cos = m.rope_cos[: self.max_len].float().contiguous()
             sin = m.rope_sin[: self.max_len].float()
             self.sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1).contiguous()
+            self._eps = torch.tensor(self.eps, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             shape = (cfg.n_layer, max_batch, cfg.n_kv_head, self.max_len, cfg.head_dim)
             self.k = torch.zeros(shape, device=self.device, dtype=self.dtype)
             self.v = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.lengths = [0] * max_batch
         self.gqa = cfg.n_kv_head != cfg.n_head
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """x * rsqrt(mean(x^2) + eps) in fp32 (the weight is folded into the next projection)."""
+        n = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+        scale = torch.addcmul(self._eps, n, n, value=1.0 / self.n_embd).rsqrt_()
+        return (x * scale).to(self.dtype)
 
     def _rope(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         out = torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, dims=-1), sin)
@@ -87,22 +103,21 @@ class Decoder:
                  mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         """idx (B, T) -> last-token logits (B, V); ``write(layer, k, v)`` stores the new keys/values."""
         B, T = idx.shape
-        H, Hkv, hd, C = self.n_head, self.n_kv_head, self.head_dim, self.n_embd
-        x = F.embedding(idx, self.embed)  # (B, T, C)
-        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
-            h = F.rms_norm(x, (C,), w_in, self.eps)
-            qkv = F.linear(h, w_qkv)  # (B, T, (H + 2 Hkv) hd)
+        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        x = F.embedding(idx.reshape(-1), self.embed)  # (B*T, C)
+        for i, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
+            qkv = torch.mm(self._norm(x), w_qkv).view(B, T, -1)  # (B, T, (H + 2 Hkv) hd)
             qk = self._rope(qkv[..., : self.n_qk].view(B, T, H + Hkv, hd), cos, sin)  # (B, T, H + Hkv, hd)
             q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
             write(i, qk[:, :, H:], qkv[..., self.n_qk:].view(B, T, Hkv, hd))
             keys = self.k[i, rows, :, :attn_end]  # (B, Hkv, L, hd)
             values = self.v[i, rows, :, :attn_end]
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=self.gqa)
-            x = x + F.linear(y.transpose(1, 2).reshape(B, T, H * hd), w_o)
-            gate, up = F.linear(F.rms_norm(x, (C,), w_post, self.eps), w_gu).split(self.ffn, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w_down)
-        x = F.rms_norm(x[:, -1], (C,), self.norm, self.eps)  # (B, C)
-        return F.linear(x, self.lm_head).float()  # (B, V)
+            x = torch.addmm(x, y.transpose(1, 2).reshape(B * T, H * hd), w_o)
+            gate, up = torch.mm(self._norm(x), w_gu).split(self.ffn, dim=-1)
+            x = torch.addmm(x, F.silu(gate) * up, w_down)
+        last = x.view(B, T, -1)[:, -1]  # (B, C)
+        return torch.mm(self._norm(last), self.lm_head).float()  # (B, V)
 
     @torch.inference_mode()
     def prefill(self, row: int, ids: Sequence[int]) -> torch.Tensor:
