@@ -157,9 +157,9 @@ def continuation_logprobs(model: torch.nn.Module, sequences: list[tuple[list[int
         rows = []
         for i in batch:
             ids, n_cont = sequences[i]
-            if n_cont >= max_len:
-                raise UsageError(f"a continuation of {n_cont} tokens does not fit the context of {max_len}")
-            rows.append((ids[-(max_len + 1):], n_cont))  # +1: the last token is only a target
+            # keep the last max_len + 1 tokens (the last is only a target), as lm-evaluation-harness does; a
+            # continuation longer than the context is scored on the part that fits
+            rows.append((ids[-(max_len + 1):], min(n_cont, max_len)))
         width = max(len(r[0]) for r in rows) - 1
         x = torch.zeros(len(rows), width, dtype=torch.long)
         y = torch.full((len(rows), width), -1, dtype=torch.long)
