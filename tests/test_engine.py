@@ -182,6 +182,16 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
     assert seen_p == {0, 1}
     seen_kp = {Sampler(2.0, top_k=3, top_p=0.6, seed=s)(logits) for s in range(200)}
     assert seen_kp <= {0, 1, 2} and 0 in seen_kp
+    # rows with different settings sampled in one batched pass draw what each would draw alone
+    from scalelab.lm.decoding import sample_rows
+
+    settings = [dict(temperature=1.0, top_k=3), dict(temperature=0.5, top_p=0.75), dict(temperature=2.0),
+                dict(temperature=1.5, top_k=10, top_p=0.9)]
+    batch = torch.stack([logits, logits.flip(0), logits * 0.5, logits.roll(7)])
+    for seed in range(20):
+        together = sample_rows(batch, [Sampler(**kw, seed=seed + i) for i, kw in enumerate(settings)])
+        assert together == [Sampler(**kw, seed=seed + i)(batch[i]) for i, kw in enumerate(settings)]
+        assert together[0] in {0, 1, 2} and together[1] in {63, 62}
     seen_all = {Sampler(1.0, seed=s)(logits) for s in range(300)}
     assert len(seen_all) > 4  # without filters the tail is reachable
     assert Sampler(0.0)(logits) == 0

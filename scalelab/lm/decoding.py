@@ -187,14 +187,15 @@ class Decoder:
 # ------------------------------------------------------------------------------------------------------ sampling
 
 class Sampler:
-    """Temperature, top-k and top-p (nucleus) sampling with a private ``torch.Generator`` (seeded or random).
+    """Temperature, top-k and top-p (nucleus) sampling with a private CPU ``torch.Generator`` (seeded or random).
 
     ``temperature`` 0 is greedy (argmax); ``top_k`` 0 and ``top_p`` 1.0 disable those filters. Invalid values raise
-    ValueError with the offending name, so a server can answer 400.
+    ValueError with the offending name, so a server can answer 400. A draw is one uniform number from the
+    generator, inverted through the filtered distribution's CDF, so rows with different settings are sampled in one
+    batched pass (``sample_rows``) and a seeded request gives the same tokens alone or batched.
     """
 
-    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> None:
         if not (temperature >= 0.0) or temperature == float("inf"):
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
         if int(top_k) != top_k or top_k < 0:
@@ -203,30 +204,46 @@ class Sampler:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         self.greedy = self.temperature == 0.0 or self.top_k == 1
-        self.generator = torch.Generator(device=torch.device(device).type)
+        self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
         else:
             self.generator.manual_seed(int(seed) % (2**63))
 
+    def uniform(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
     def __call__(self, logits: torch.Tensor) -> int:
         """One token id from logits of shape (V,) (or (1, V))."""
-        logits = logits.reshape(-1)
+        logits = logits.reshape(1, -1)
         if self.greedy:
             return int(logits.argmax())
-        logits = logits.float() / self.temperature
-        index = None
-        if 0 < self.top_k < logits.numel():
-            logits, index = torch.topk(logits, self.top_k)  # sorted, largest first
-        if self.top_p < 1.0:
-            if index is None:
-                logits, index = torch.sort(logits, descending=True)
-            probs = torch.softmax(logits, dim=-1)
-            # keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p
-            drop = (torch.cumsum(probs, dim=-1) - probs) >= self.top_p
-            logits = logits.masked_fill(drop, float("-inf"))
-        choice = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generator)
-        return int(index[choice] if index is not None else choice)
+        return sample_rows(logits, [self])[0]
+
+
+def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
+    """One token per row of ``logits`` (n, V), row i drawn by ``samplers[i]`` (none greedy), in one batched pass."""
+    n, V = logits.shape
+    dev = logits.device
+    x = logits.float() / torch.tensor([s.temperature for s in samplers], device=dev)[:, None]
+    ks = [s.top_k if 0 < s.top_k < V else V for s in samplers]
+    ps = [s.top_p for s in samplers]
+    # one canonical order (a stable sort, largest first) so a row draws the same token alone or in any batch
+    x, index = torch.sort(x, dim=-1, descending=True, stable=True)
+    if max(ks) < V:
+        x, index = x[:, : max(ks)], index[:, : max(ks)]
+    K = x.shape[1]
+    if min(ks) < K:  # rows asking for fewer than the batch's largest k
+        x = x.masked_fill(torch.arange(K, device=dev)[None] >= torch.tensor(ks, device=dev)[:, None], float("-inf"))
+    if min(ps) < 1.0:
+        probs = torch.softmax(x, dim=-1)
+        # keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= torch.tensor(ps, device=dev)[:, None]
+        x = x.masked_fill(drop, float("-inf"))
+    cdf = torch.cumsum(torch.softmax(x, dim=-1), dim=-1)  # (n, K)
+    u = torch.tensor([s.uniform() for s in samplers], device=dev)[:, None] * cdf[:, -1:]
+    choice = torch.searchsorted(cdf, u, right=True).clamp_(max=K - 1)  # first entry whose CDF exceeds u
+    return index.gather(1, choice)[:, 0].tolist()
 
 
 # ------------------------------------------------------------------------------------------------------ text
@@ -356,9 +373,14 @@ class _Batch:
     def step(self) -> None:
         logits = self.dec.decode([r.pending for r in self.rows])
         greedy = logits.argmax(-1).tolist() if any(r.sampler.greedy for r in self.rows) else None
+        sampled = [i for i, r in enumerate(self.rows) if not r.sampler.greedy]
+        tokens = greedy or [0] * len(self.rows)
+        if sampled:
+            rows = logits if len(sampled) == len(self.rows) else logits[sampled]
+            for i, tok in zip(sampled, sample_rows(rows, [self.rows[i].sampler for i in sampled])):
+                tokens[i] = tok
         done = []
-        for i, r in enumerate(self.rows):
-            tok = greedy[i] if r.sampler.greedy else r.sampler(logits[i])
+        for i, (r, tok) in enumerate(zip(self.rows, tokens)):
             if r.push(tok):
                 done.append(i)
         self.retire(done)
@@ -386,7 +408,7 @@ def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int,
     dec = Decoder(model, 1)
     prompt = _check_prompt(prompt_ids, dec.config.vocab_size, dec.max_len)
     row = _Row(prompt, min(int(max_new_tokens), dec.max_len - len(prompt)),
-               Sampler(temperature, top_k, top_p, seed, dec.device), stop_ids)
+               Sampler(temperature, top_k, top_p, seed), stop_ids)
     return _stream(dec, row)
 
 
@@ -420,7 +442,7 @@ def generate_batch(model: torch.nn.Module, prompts: list[list[int]], max_new_tok
     for i, p in enumerate(prompts):
         ids = _check_prompt(p, dec.config.vocab_size, dec.max_len)
         rows.append(_Row(ids, min(int(max_new_tokens), dec.max_len - len(ids)),
-                         Sampler(temperature, top_k, top_p, None if seed is None else seed + i, dec.device), stop_ids))
+                         Sampler(temperature, top_k, top_p, None if seed is None else seed + i), stop_ids))
     batch, waiting = _Batch(dec), deque(r for r in rows if r.budget > 0)
     while waiting or batch.rows:
         while waiting and batch.free():

@@ -290,7 +290,7 @@ class Engine:
         room = self.context_length - len(prompt)
         if max_tokens is not None and (int(max_tokens) != max_tokens or max_tokens < 1):
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens}")
-        sampler = Sampler(temperature, top_k, top_p, seed, self._batch.dec.device)
+        sampler = Sampler(temperature, top_k, top_p, seed)
         row = _EngineRow(prompt, room if max_tokens is None else min(int(max_tokens), room), sampler, stop_ids)
         req = row.request = Request(row, self.tokenizer, stop_strings)
         with self._cv:
