@@ -210,7 +210,21 @@ def training_flops(n_in: int, hidden: Sequence[int], n_out: int, examples_seen: 
 
 
 class _BaseMLP(BaseEstimator):
-    """Shared fit loop; subclasses define the target encoding, the loss and the outputs."""
+    """Shared fit loop; subclasses define the target encoding, the loss and the outputs.
+
+    Parameters (scikit-learn's MLP names where one exists):
+        hidden_layer_sizes: widths of the hidden layers, e.g. (64, 64).
+        activation: relu, tanh, gelu, silu, logistic or identity.
+        optimizer: adam, adamw or sgd (with ``momentum``); learning_rate: its step size.
+        weight_decay: L2 coupled into the gradient for adam/sgd, decoupled for adamw (0 = none).
+        max_epochs: passes over the training rows (scikit-learn's max_iter); batch_size: rows per step.
+        early_stopping: hold out ``validation_fraction`` (stratified for classifiers), stop when the validation
+            score has not improved by ``tol`` for ``n_iter_no_change`` epochs and keep the best weights. Without it,
+            stop when the training loss has not improved by ``tol`` for ``n_iter_no_change`` epochs.
+        random_state: None, an int or a RandomState; resolved in ``fit`` (weights, shuffling, validation split).
+        device: cpu, cuda, cuda:N, mps or auto. num_threads: torch CPU threads during fit (None = 1 for small
+            layers, torch's default otherwise). verbose: print the loss every epoch.
+    """
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (64, 64), activation: str = "relu",
                  optimizer: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.9,
