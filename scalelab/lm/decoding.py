@@ -228,10 +228,11 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     x = logits.float() / torch.tensor([s.temperature for s in samplers], device=dev)[:, None]
     ks = [s.top_k if 0 < s.top_k < V else V for s in samplers]
     ps = [s.top_p for s in samplers]
-    # one canonical order (a stable sort, largest first) so a row draws the same token alone or in any batch
-    x, index = torch.sort(x, dim=-1, descending=True, stable=True)
+    # a canonical order (largest first) so a row draws the same token alone or in any batch (up to exact ties)
     if max(ks) < V:
-        x, index = x[:, : max(ks)], index[:, : max(ks)]
+        x, index = torch.topk(x, max(ks))  # (n, K): cheaper than a full sort when every row has a top-k
+    else:
+        x, index = torch.sort(x, dim=-1, descending=True, stable=True)
     K = x.shape[1]
     if min(ks) < K:  # rows asking for fewer than the batch's largest k
         x = x.masked_fill(torch.arange(K, device=dev)[None] >= torch.tensor(ks, device=dev)[:, None], float("-inf"))
