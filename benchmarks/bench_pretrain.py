@@ -35,9 +35,16 @@ from scalelab.lm.train import LossSum  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "tiny_shakespeare" / "input.txt"
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
+def matmul_peak(dtype: torch.dtype, max_n: int = 2048, reps: int = 3) -> float:
+    """Best TFLOP/s of a square matmul; the size grows until one call takes 0.2 s (slow dtypes stay small)."""
+    n = 256
+    while True:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        t0 = time.perf_counter()
+        a @ b
+        if time.perf_counter() - t0 > 0.2 or n >= max_n:
+            break
+        n *= 2
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
