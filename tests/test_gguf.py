@@ -85,6 +85,7 @@ def test_gguf_reads_back(tmp_path, tmp_path_factory, tie: bool, dtype: str) -> N
     assert {k: _field(reader, k) for k in want} == want
     assert _field(reader, "llama.rope.freq_base") == pytest.approx(cfg.rope_theta)
     assert _field(reader, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(cfg.norm_eps)
+    assert _field(reader, "tokenizer.ggml.pre") == "gpt-2"
     assert _field(reader, "tokenizer.ggml.model") == "gpt2" and _field(reader, "tokenizer.ggml.add_bos_token")
     assert _field(reader, "tokenizer.chat_template") == CHAT_TEMPLATE
     tj = json.loads((Path(run) / "tokenizer" / "tokenizer.json").read_text())

@@ -9,10 +9,10 @@ interleaved pairs (x0, x1), (x2, x3), ... while our model (like Hugging Face) ro
 llama.cpp's ``convert_hf_to_gguf.py`` does, the rows of q_proj and k_proj are permuted per head (``permute_qk``):
 row j of a head's first half goes to row 2j, row j of its second half to row 2j+1. ``unpermute_qk`` undoes it.
 
-Tokenizer metadata: ``tokenizer.ggml.model = "gpt2"`` (byte-level BPE), ``pre = "gpt2"`` (the GPT-2 split regex, the
-same one our ByteLevel pre-tokenizer uses), every token with its type (the special tokens are CONTROL), the merges,
-bos ``<|bos|>``, eos and eot ``<|end|>``, pad ``<|pad|>``, ``add_bos_token = true`` (plain-text prompts start with
-``<|bos|>``, as in ``scalelab sample`` and the HF export) and the chat template.
+Tokenizer metadata: ``tokenizer.ggml.model = "gpt2"`` (byte-level BPE), ``pre = "gpt-2"`` (llama.cpp's name for
+the GPT-2 split regex, which our ByteLevel pre-tokenizer uses too), every token with its type (the special tokens are
+CONTROL), the merges, bos ``<|bos|>``, eos and eot ``<|end|>``, pad ``<|pad|>``, ``add_bos_token = true`` (plain-text
+prompts start with ``<|bos|>``, as in ``scalelab sample`` and the HF export) and the chat template.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def export_gguf(run: str | Path, out: str | Path, stage: str | None = None, dtyp
         w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt2")
+        w.add_tokenizer_pre("gpt-2")  # llama.cpp spells it with a dash
         w.add_token_list(vocab["tokens"])
         w.add_token_types(vocab["types"])
         w.add_token_merges(vocab["merges"])
