@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt_o.step()
         opt_o.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     def step_hf(x, y) -> float:
         logits = hf(input_ids=x).logits
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt_h.step()
         opt_h.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     warm = 2
     data = batches(args.steps + warm, B, T)
