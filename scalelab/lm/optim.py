@@ -4,7 +4,7 @@
     lr = lr_at(step, max_lr=3e-3, total_steps=1000, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1)
 
 Schedules (``step`` counts finished optimizer steps, so the first update uses ``lr_at(0)``):
-  - warmup: linear from max_lr / warmup_steps up to max_lr over ``warmup_steps`` steps;
+  - warmup: linear from max_lr / warmup_steps up to max_lr over ``warmup_steps`` steps (at most half the run);
   - cosine: then half a cosine from max_lr down to min_lr_ratio * max_lr at ``total_steps``;
   - wsd (warmup-stable-decay): constant max_lr, then a linear decay over the last ``decay_frac`` of the steps;
   - constant: max_lr after warmup.
@@ -48,6 +48,7 @@ def lr_at(step: int, max_lr: float, total_steps: int, warmup_steps: int = 0, sch
     """Learning rate for the update after ``step`` finished steps."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule '{schedule}' (choose {', '.join(SCHEDULES)})")
+    warmup_steps = min(warmup_steps, total_steps // 2)  # a short run (e.g. a small time budget) still decays
     if warmup_steps > 0 and step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     min_lr = max_lr * min_lr_ratio
