@@ -217,6 +217,12 @@ def render_report(run_dir: str | Path) -> Path:
         lines.append("")
     if metrics:
         lines += ["## Training", "", *_training_lines(metrics), ""]
+        sft_data = (config.get("sft_data") or {}).get("train") if isinstance(config, dict) else None
+        if isinstance(sft_data, dict) and "rows" in sft_data:
+            lines += [f"SFT data: {sft_data.get('conversations', 0):,} conversations packed into "
+                      f"{sft_data['rows']:,} rows ({100 * float(sft_data.get('fill', 0)):.0f}% filled, "
+                      f"{sft_data.get('target_tokens', 0):,} target tokens); {sft_data.get('truncated', 0)} truncated "
+                      f"and {sft_data.get('dropped', 0)} dropped as longer than a row.", ""]
         if loss_png:
             lines += [f"![loss curves]({loss_png.name})", ""]
     if evals:
@@ -235,7 +241,7 @@ def render_report(run_dir: str | Path) -> Path:
         if samples:
             lines += ["## Sample completions", "", *samples, ""]
     if config:
-        lines += ["## Stages that ran", "", ", ".join(f"`{k}`" for k in config), ""]
+        lines += ["## Configs recorded in config.json", "", ", ".join(f"`{k}`" for k in config), ""]
     if not metrics and not evals:
         lines += ["Nothing to report yet: no metrics.jsonl and no eval/*.json in this run.", ""]
     atomic_write_text(run.report_md, "\n".join(lines))

@@ -28,7 +28,8 @@ def _fixture(root: Path) -> RunDir:
         "stage": "chat", "tasks": {"arithmetic": {"score": 0.625, "n": 8, "samples": [
             {"prompt": "What is 2 plus 2?", "completion": "4", "reference": "4", "score": 1.0}]},
             "spelling": {"score": 0.375, "n": 8}}, "mean_score": 0.5})
-    write_json(run.config_json, {"tokenizer": {}, "pretrain": {}, "sft": {}})
+    write_json(run.config_json, {"tokenizer": {}, "base": {}, "sft": {}, "sft_data": {"train": {
+        "conversations": 1000, "rows": 250, "fill": 0.97, "target_tokens": 12345, "truncated": 3, "dropped": 1}}})
     return run
 
 
@@ -46,6 +47,7 @@ def test_report_renders_from_json_fixtures(tmp_path: Path) -> None:
     assert row.split("|")[2].strip() == "0.125" and row.split("|")[3].strip() == "0.625"
     assert "| **mean** | 0.062 | 0.500 |" in text.replace("0.0625", "0.062")
     assert "123,456" in text and "What is 2 plus 2?" in text
+    assert "1,000 conversations packed into 250 rows (97% filled, 12,345 target tokens); 3 truncated" in text
     # training table: resumed step 40 keeps its last value; val loss from the separate record
     base_row = next(line for line in text.splitlines() if line.startswith("| base |"))
     cells = [c.strip() for c in base_row.split("|")[1:-1]]
