@@ -8,7 +8,7 @@ PIP     := $(BIN)/python -m pip install -q --disable-pip-version-check -c constr
 RUN     ?= runs/demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint bench setup clean
+.PHONY: demo test test-fast lint bench check-gguf setup clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,10 +31,16 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check scalelab tests benchmarks
 
-bench: $(STAMP)
+bench: $(STAMP)   # each writes benchmarks/results/<name>.json
 	$(BIN)/python benchmarks/bench_mlp.py
 	$(BIN)/python benchmarks/bench_pretrain.py
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_tokenize_memory.py
+
+check-gguf: $(STAMP)   # GGUF export vs llama.cpp; the first run compiles llama-cpp-python (10+ min on 2 cores)
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/python -m pip install llama-cpp-python
+	$(BIN)/python scripts/check_gguf_llamacpp.py --run $(RUN)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -41,9 +41,13 @@ stage() {
 }
 
 # ------------------------------------------------------------------------------------------------------------------
-# TABULAR STUDY (MLP vs classical baselines): the maintainer adds its commands here, e.g.
-#   stage tabular-curves "${SL[@]}" curves ...
+# TABULAR STUDY: MLP vs classical baselines on a real dataset (MAGIC gamma telescope) and on a synthetic teacher task
+# with a known floor (Bayes accuracy 0.90), plus score against training FLOPs. Each prints a table and its plot path.
 # ------------------------------------------------------------------------------------------------------------------
+stage tabular-magic   "${SL[@]}" curves --config configs/tabular_curves_magic.yaml   --out "$RUN/tabular/magic"
+stage tabular-teacher "${SL[@]}" curves --config configs/tabular_curves_teacher.yaml --out "$RUN/tabular/teacher"
+stage tabular-compute "${SL[@]}" compute-curves --config configs/tabular_compute_teacher.yaml \
+  --out "$RUN/tabular/compute_teacher"
 
 # ------------------------------------------------------------------------------------------------------------------
 # LANGUAGE MODEL: tokenizer -> pretrain -> SFT -> eval (base and chat) -> report
