@@ -222,29 +222,45 @@ class Sampler:
 
 
 def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
-    """One token per row of ``logits`` (n, V), row i drawn by ``samplers[i]`` (none greedy), in one batched pass."""
+    """One token per row of ``logits`` (n, V), row i drawn by ``samplers[i]`` (greedy rows take the argmax).
+
+    All rows go through one batched pass whatever their settings: per-row temperature, top-k and top-p are
+    tensors, the filters are thresholds applied in vocabulary order (top-k keeps every token tied with the k-th
+    largest), and each sampled row inverts its filtered CDF, in vocabulary order, at one uniform number from its
+    own generator. Vocabulary order is canonical, so a seeded row draws the same token alone or in any batch.
+    The only per-row Python is one draw from each sampled row's generator.
+    """
     n, V = logits.shape
     dev = logits.device
-    x = logits.float() / torch.tensor([s.temperature for s in samplers], device=dev)[:, None]
-    ks = [s.top_k if 0 < s.top_k < V else V for s in samplers]
-    ps = [s.top_p for s in samplers]
-    # a canonical order (largest first) so a row draws the same token alone or in any batch (up to exact ties)
-    if max(ks) < V:
-        x, index = torch.topk(x, max(ks))  # (n, K): cheaper than a full sort when every row has a top-k
-    else:
-        x, index = torch.sort(x, dim=-1, descending=True, stable=True)
-    K = x.shape[1]
-    if min(ks) < K:  # rows asking for fewer than the batch's largest k
-        x = x.masked_fill(torch.arange(K, device=dev)[None] >= torch.tensor(ks, device=dev)[:, None], float("-inf"))
-    if min(ps) < 1.0:
+    greedy = [s.greedy for s in samplers]
+    if all(greedy):
+        return logits.argmax(-1).tolist()
+    x = logits.float()
+    if any(s.temperature != 1.0 for s in samplers):
+        x = x / torch.tensor([1.0 if g else s.temperature for s, g in zip(samplers, greedy)], device=dev)[:, None]
+    ks = [V if g or not 0 < s.top_k < V else s.top_k for s, g in zip(samplers, greedy)]
+    if min(ks) < V:  # keep the tokens at least as large as each row's k-th largest
+        K = max(k for k in ks if k < V)
+        kth = torch.topk(x, K, sorted=True).values.gather(1, torch.tensor([min(k, K) - 1 for k in ks],
+                                                                           device=dev)[:, None])
+        kth = kth.masked_fill(torch.tensor([k >= V for k in ks], device=dev)[:, None], float("-inf"))
+        x = x.masked_fill(x < kth, float("-inf"))
+    ps = [1.0 if g else s.top_p for s, g in zip(samplers, greedy)]
+    probs = torch.softmax(x, dim=-1)
+    if min(ps) < 1.0:  # keep the smallest set of largest tokens whose mass reaches top_p: a probability cut-off
+        top = torch.sort(probs, dim=-1, descending=True).values
+        kept = ((torch.cumsum(top, dim=-1) - top) < torch.tensor(ps, device=dev)[:, None]).sum(-1, keepdim=True)
+        x = x.masked_fill(probs < top.gather(1, kept.clamp_(min=1) - 1), float("-inf"))
         probs = torch.softmax(x, dim=-1)
-        # keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p
-        drop = (torch.cumsum(probs, dim=-1) - probs) >= torch.tensor(ps, device=dev)[:, None]
-        x = x.masked_fill(drop, float("-inf"))
-    cdf = torch.cumsum(torch.softmax(x, dim=-1), dim=-1)  # (n, K)
-    u = torch.tensor([s.uniform() for s in samplers], device=dev)[:, None] * cdf[:, -1:]
-    choice = torch.searchsorted(cdf, u, right=True).clamp_(max=K - 1)  # first entry whose CDF exceeds u
-    return index.gather(1, choice)[:, 0].tolist()
+    cdf = torch.cumsum(probs, dim=-1)  # (n, V), vocabulary order
+    u = torch.tensor([0.0 if g else s.uniform() for s, g in zip(samplers, greedy)], device=dev)[:, None]
+    choice = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=V - 1)  # first CDF entry above u
+    best = x.argmax(-1, keepdim=True)
+    # rounding can land past the last kept token (u * total == total): take the row's best token then
+    choice = torch.where(torch.isneginf(x.gather(1, choice)), best, choice)
+    if any(greedy):
+        choice = torch.where(torch.tensor(greedy, device=dev)[:, None], best, choice)
+    return choice[:, 0].tolist()
 
 
 # ------------------------------------------------------------------------------------------------------ text
@@ -372,18 +388,10 @@ class _Batch:
             self.rows.append(row)
 
     def step(self) -> None:
-        logits = self.dec.decode([r.pending for r in self.rows])
-        greedy = logits.argmax(-1).tolist() if any(r.sampler.greedy for r in self.rows) else None
-        sampled = [i for i, r in enumerate(self.rows) if not r.sampler.greedy]
-        tokens = greedy or [0] * len(self.rows)
-        if sampled:
-            rows = logits if len(sampled) == len(self.rows) else logits[sampled]
-            for i, tok in zip(sampled, sample_rows(rows, [self.rows[i].sampler for i in sampled])):
-                tokens[i] = tok
-        done = []
-        for i, (r, tok) in enumerate(zip(self.rows, tokens)):
-            if r.push(tok):
-                done.append(i)
+        rows = self.rows
+        logits = self.dec.decode([r.pending for r in rows])
+        tokens = sample_rows(logits, [r.sampler for r in rows])  # one batched pass, greedy and sampled rows alike
+        done = [i for i, (r, tok) in enumerate(zip(rows, tokens)) if r.push(tok)]
         self.retire(done)
 
     def retire(self, indices: list[int]) -> None:
