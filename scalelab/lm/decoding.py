@@ -243,7 +243,6 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     greedy = [s.greedy for s in samplers]
     if all(greedy):
         return logits.argmax(-1).tolist()
-    best = logits.argmax(-1, keepdim=True)
     temps = [1.0 if g else s.temperature for s, g in zip(samplers, greedy)]
     ks = [V if g or not 0 < s.top_k < V else s.top_k for s, g in zip(samplers, greedy)]
     ps = [1.0 if g else s.top_p for s, g in zip(samplers, greedy)]
@@ -265,9 +264,11 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     cdf = torch.cumsum(probs, dim=-1)
     choice = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # the first entry whose CDF exceeds u
     # rounding can land on or past a dropped entry (u * total == total): take the row's most likely kept one then
-    choice = torch.where(probs.gather(1, choice.clamp_(max=probs.shape[1] - 1)) > 0, choice, probs.argmax(-1, True))
+    ok = probs.gather(1, choice.clamp_(max=V - 1)) > 0
+    if not bool(ok.all()):
+        choice = torch.where(ok, choice, probs.argmax(-1, keepdim=True))
     if any(greedy):
-        choice = torch.where(torch.tensor(greedy, device=dev)[:, None], best, choice)
+        choice = torch.where(torch.tensor(greedy, device=dev)[:, None], logits.argmax(-1, keepdim=True), choice)
     return choice[:, 0].tolist()
 
 
