@@ -44,7 +44,13 @@ stage() {
 # TABULAR STUDY: MLP vs classical baselines on a real dataset (MAGIC gamma telescope) and on a synthetic teacher task
 # with a known floor (Bayes accuracy 0.90), plus score against training FLOPs. Each prints a table and its plot path.
 # ------------------------------------------------------------------------------------------------------------------
-stage tabular-magic   "${SL[@]}" curves --config configs/tabular_curves_magic.yaml   --out "$RUN/tabular/magic"
+# The real set lives in ../shared/data beside the repository; without it, scikit-learn's bundled digits stands in.
+if "$PY" -c "import sys; from scalelab.tabular.datasets import data_root; sys.exit(not data_root().is_dir())"; then
+  stage tabular-magic "${SL[@]}" curves --config configs/tabular_curves_magic.yaml --out "$RUN/tabular/magic"
+else
+  stage tabular-digits "${SL[@]}" curves --config configs/tabular_curves_magic.yaml --dataset digits \
+    --out "$RUN/tabular/digits"
+fi
 stage tabular-teacher "${SL[@]}" curves --config configs/tabular_curves_teacher.yaml --out "$RUN/tabular/teacher"
 stage tabular-compute "${SL[@]}" compute-curves --config configs/tabular_compute_teacher.yaml \
   --out "$RUN/tabular/compute_teacher"
