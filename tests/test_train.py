@@ -177,3 +177,72 @@ def test_preflight_only_and_memory_refusal(tmp_path: Path, byte_run: Path, capsy
     assert not (byte_run / "base").exists()
     with pytest.raises(UsageError, match="--batch-size"):
         train(tiny(byte_run, batch_size=1_000_000, preflight_only=True))
+
+
+def test_replan_total_only_before_decay() -> None:
+    from scalelab.lm.optim import decay_start, replan_total, resolve_schedule
+
+    assert resolve_schedule("auto", 5.0) == "wsd" and resolve_schedule("auto", 0.0) == "cosine"
+    kw = dict(max_steps=10_000, schedule="wsd", decay_frac=0.2)
+    assert replan_total(10, 100, remaining_s=9.0, step_s=0.1, **kw) == 100  # 90 more steps fit
+    assert replan_total(10, 100, remaining_s=19.0, step_s=0.1, **kw) == 200  # machine got faster
+    assert replan_total(10, 100, remaining_s=19.0, step_s=0.1, **dict(kw, max_steps=150)) == 150  # capped
+    assert replan_total(85, 100, remaining_s=100.0, step_s=0.1, **kw) == 100  # in the decay: frozen
+    late = replan_total(60, 100, remaining_s=0.0, step_s=0.1, **kw)  # out of time: decay starts now, no LR jump
+    assert decay_start(late, "wsd", 0.2) == 60
+
+
+class SpeedChangingSource:
+    """Wraps a source; each step's batch costs ``slow_s`` extra seconds from step ``at`` on (``fast_s`` before)."""
+
+    def __init__(self, inner, at: int, fast_s: float, slow_s: float) -> None:
+        self.inner, self.at, self.fast_s, self.slow_s = inner, at, fast_s, slow_s
+
+    def next_batch(self, step: int, micro_step: int):
+        import time
+
+        time.sleep(self.slow_s if step >= self.at else self.fast_s)
+        return self.inner.next_batch(step, micro_step)
+
+    def val_batches(self):
+        return self.inner.val_batches()
+
+    def state_dict(self):
+        return {"kind": "speed"}
+
+
+@pytest.mark.parametrize("fast_s,slow_s", [(0.0, 0.06), (0.06, 0.0)], ids=["slows-down", "speeds-up"])
+def test_time_budget_replans_and_completes_decay(tmp_path: Path, byte_run: Path, fast_s: float, slow_s: float) -> None:
+    import shutil
+    import time
+
+    from scalelab.lm.loader import token_source
+    from scalelab.runs import RunDir
+
+    run = tmp_path / "tb"
+    shutil.copytree(byte_run / "data", run / "data")
+    src = SpeedChangingSource(token_source(RunDir(run), 64, 8, 1, 0, 1, 1337, 4096), at=20, fast_s=fast_s,
+                              slow_s=slow_s)
+    budget_s = 6.0
+    t0 = time.perf_counter()
+    out = train(tiny(run, max_steps=100_000, time_budget=budget_s / 60, log_every=5, warmup_steps=5,
+                     eval_tokens=2048, eval_every=25,
+                     num_threads=1), source=src)
+    wall = time.perf_counter() - t0
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    plans = [r["planned_steps"] for r in rows]
+    assert len(set(plans)) > 2  # re-planned as the speed changed (preflight was skipped: the first plan is the cap)
+    assert out["stopped"] is None and out["step"] == out["total_steps"] == rows[-1]["step"] == plans[-1]
+    # the wsd decay ran to its end: the last update used the last LR of the schedule, one decay step above the minimum
+    total, lr_max, lr_min = out["total_steps"], 3e-3, 3e-4
+    decay_steps = round(0.2 * total)
+    assert rows[-1]["lr"] == pytest.approx(lr_at(total - 1, lr_max, total, 5, "wsd", 0.1, 0.2))
+    assert rows[-1]["lr"] <= lr_min + (lr_max - lr_min) / decay_steps + 1e-12
+    # about the budget; other processes on the machine make single windows slow, and a run found late starts its
+    # decay at once and may take up to 1.5x the budget to finish it (the hard limit)
+    assert 0.7 * budget_s <= out["elapsed_s"] <= 1.5 * budget_s + 1.0, out["elapsed_s"]
+    assert wall < 1.5 * budget_s + 15  # plus model setup
+    from scalelab.lm.checkpoint import load_trainer_state
+
+    assert load_trainer_state(Path(out["checkpoint"]))["total_steps"] == total  # a resume continues this plan
+    print(f"elapsed {out['elapsed_s']:.2f} s of {budget_s} s, plans {plans[:3]}..{plans[-3:]}")

@@ -8,6 +8,14 @@ Schedules (``step`` counts finished optimizer steps, so the first update uses ``
   - cosine: then half a cosine from max_lr down to min_lr_ratio * max_lr at ``total_steps``;
   - wsd (warmup-stable-decay): constant max_lr, then a linear decay over the last ``decay_frac`` of the steps;
   - constant: max_lr after warmup.
+``schedule="auto"`` (the TrainConfig default) resolves to wsd under a time budget and cosine otherwise
+(``resolve_schedule``).
+
+Under a time budget the trainer re-plans ``total_steps`` at every log step from the measured speed
+(``replan_total``) until the decay phase starts (``decay_start``); after that the total is frozen so the decay
+always runs to its end. For wsd and constant, moving the end of the stable phase never changes an LR already used;
+for cosine, re-planning re-stretches the remaining curve (small LR changes between log steps) and freezes once the
+last ``decay_frac`` of the run begins.
 
 Peak TFLOP/s (dense matmul, per device) for MFU, overridable with ``--peak-tflops``: this project's CPU measured
 0.44 (fp32) and 3.5 (bf16 through AMX) with 2 threads (see /work/shared/design/PERFORMANCE.md); H100 989 and A100 312
@@ -21,6 +29,7 @@ import math
 import torch
 
 SCHEDULES = ("cosine", "wsd", "constant")
+SCHEDULE_CHOICES = ("auto", *SCHEDULES)
 
 # device kind -> dtype -> peak TFLOP/s (dense). GPU names are matched as substrings of torch.cuda.get_device_name().
 PEAK_TFLOPS: dict[str, dict[str, float]] = {
@@ -64,6 +73,39 @@ def lr_at(step: int, max_lr: float, total_steps: int, warmup_steps: int = 0, sch
         return max_lr
     progress = min(1.0, (step - decay_start) / decay_steps)
     return max_lr + (min_lr - max_lr) * progress
+
+
+def resolve_schedule(schedule: str, time_budget: float) -> str:
+    """``auto`` -> ``wsd`` for a time-budgeted run (re-planning its length never changes LRs already used), else
+    ``cosine``; any other name is returned as is."""
+    if schedule == "auto":
+        return "wsd" if time_budget > 0 else "cosine"
+    return schedule
+
+
+def decay_start(total_steps: int, schedule: str, decay_frac: float) -> int:
+    """First step of the phase whose LRs depend on ``total_steps`` and after which the plan is frozen: wsd's linear
+    decay and, for cosine, the last ``decay_frac`` of the run. ``constant`` never decays: the total stays open."""
+    if schedule == "constant":
+        return total_steps
+    return total_steps - max(1, round(decay_frac * total_steps))
+
+
+def replan_total(step: int, total_steps: int, remaining_s: float, step_s: float, max_steps: int, schedule: str,
+                 decay_frac: float) -> int:
+    """The new planned total for a time-budgeted run after ``step`` finished steps.
+
+    ``remaining_s`` is the wall time left (the final evaluation/checkpoint already reserved), ``step_s`` the measured
+    seconds per step (evaluation overhead amortised). Returns ``total_steps`` unchanged once the decay phase has
+    X
+    """
+    if schedule != "constant" and step >= decay_start(total_steps, schedule, decay_frac):
+        return total_steps
+    fit = int(max(0.0, remaining_s) / max(step_s, 1e-9))
+    new = min(max_steps, step + max(1, fit))
+    while schedule != "constant" and decay_start(new, schedule, decay_frac) < step and new < max_steps:
+        new += 1
+    return max(new, step + 1)
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],

@@ -10,6 +10,16 @@ DDP/FSDP2 under torchrun, evaluation (loss + bits per byte + samples), metrics, 
 per-token losses over the whole global batch divided by its number of unmasked targets (all ranks and micro-steps),
 so masked SFT batches weigh tokens equally and an all-masked batch gives a zero gradient, never NaN.
 
+Time budget (``--time-budget MIN``): preflight's timed steps give a first plan; then at every log step the
+planned total is re-fitted to the wall time left and the measured seconds per step (training time per step: the
+median of the last 3 log windows; plus evaluation/checkpoint time amortised over the steps so far; the latest
+evaluation + save is reserved for the end), until the LR decay starts; from then on the total is frozen so the decay
+always completes. ``--schedule auto`` (default) is wsd under a budget: re-planning only moves the end of the constant
+phase (cosine re-planning re-stretches the curve). The planned total is saved in trainer_state and a resumed run
+continues from it. A run found late starts its decay at once; a run past 1.5x its budget stops (then without
+completing its decay: a safety stop for a machine that became much slower). Under torchrun rank 0's plan is
+broadcast.
+
 Command line: ``scalelab pretrain --run runs/demo --model micro --time-budget 5`` (scalelab/cli/pretrain.py);
 under torchrun the same command runs DDP (``--parallel ddp``, default) or FSDP2 (``--parallel fsdp``).
 """
@@ -44,7 +54,7 @@ from scalelab.lm import checkpoint as ckpt
 from scalelab.lm import preflight
 from scalelab.lm.loader import BatchSource, load_meta, load_token_bytes, token_source
 from scalelab.lm.model import GPT, ModelConfig
-from scalelab.lm.optim import build_optimizer, lr_at, peak_tflops
+from scalelab.lm.optim import build_optimizer, lr_at, peak_tflops, replan_total, resolve_schedule
 from scalelab.lm.train_config import TrainConfig, _validate, merge_saved_config, model_config  # noqa: F401
 from scalelab.lm.trainlog import plot_loss, sample_completions, truncate_metrics
 from scalelab.runs import RunDir
@@ -362,7 +372,8 @@ class _Trainer:
         cfg, info = self.cfg, self.info
         self._wrap()
         self._restore()
-        self.lr = lr_at(self.start_step, cfg.lr, cfg.max_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio,
+        self.schedule = resolve_schedule(cfg.schedule, cfg.time_budget)
+        self.lr = lr_at(self.start_step, cfg.lr, cfg.max_steps, cfg.warmup_steps, self.schedule, cfg.min_lr_ratio,
                         cfg.decay_frac)
         # ---- preflight: memory check, then timed dry steps (lr 0: weights unchanged) before anything is written
         num_params = self.num_params
@@ -400,12 +411,13 @@ class _Trainer:
         step, last_loss, tok_rate, mfu, last_saved = self.start_step, None, None, None, -1
         self.t_start = time.perf_counter()
         win_t, win_tokens = time.perf_counter(), 0
+        self.pause_total, self.last_pause = 0.0, 0.0  # evaluation + checkpoint seconds (all, and the latest)
         loss_win = torch.zeros((), device=self.device)
         count_win = torch.zeros((), dtype=torch.float64, device=self.device)
         bar = progress(total=self.total_steps, initial=step, desc=f"{cfg.stage}", unit="step")
         with _StopFlag() as stop:
             while step < self.total_steps:
-                self.lr = lr_at(step, cfg.lr, self.total_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio,
+                self.lr = lr_at(step, cfg.lr, self.total_steps, cfg.warmup_steps, self.schedule, cfg.min_lr_ratio,
                                 cfg.decay_frac)
                 for group in self.opt.param_groups:
                     group["lr"] = self.lr
@@ -433,28 +445,36 @@ class _Trainer:
                     mfu = tok_rate * self.flops_per_token / (self.peak * 1e12 * self.world) if self.peak else None
                     rec = {"stage": cfg.stage, "step": step, "loss": last_loss, "lr": self.lr,
                            "tokens_per_s": tok_rate, "mfu": mfu, "tokens": self.tokens_seen,
-                           "time_s": round(self.elapsed(), 3)}
+                           "time_s": round(self.elapsed(), 3), "planned_steps": self.total_steps}
                     if info.is_main:
                         append_jsonl(self.run.metrics_jsonl, rec)
                     bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tok_rate:,.0f}",
                                     mfu=f"{100 * mfu:.1f}%" if mfu is not None else "n/a")
+                    if cfg.time_budget > 0:
+                        self._replan(step, dt * self.tokens_per_step / max(win_tokens, 1), bar)
                     loss_win.zero_()
                     count_win.zero_()
                     win_t, win_tokens = time.perf_counter(), 0
-                flag = torch.tensor(float(bool(stop.signum) or (
-                    cfg.time_budget > 0 and self.elapsed() >= cfg.time_budget * 60)), device=self.device)
+                flag = torch.tensor(float(bool(stop.signum) or self._out_of_time(step)), device=self.device)
                 if self.dist:
                     import torch.distributed as dist
 
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stopping = bool(flag.item())
                 t_pause = time.perf_counter()
+                paused = False
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == self.total_steps or stopping:
                     self._do_eval(step)
+                    paused = True
                 if (cfg.save_every and step % cfg.save_every == 0) or step == self.total_steps or stopping:
                     self.save(step)
                     last_saved = step
-                win_t += time.perf_counter() - t_pause  # evaluation and saving are not training time
+                    paused = True
+                pause = time.perf_counter() - t_pause
+                win_t += pause  # evaluation and saving are not training time
+                if paused:
+                    self.pause_total += pause
+                    self.last_pause = pause
                 if stopping:
                     break
         bar.close()
@@ -472,6 +492,36 @@ class _Trainer:
                 "val_loss": (self.last_eval or {}).get("val_loss"), "val_bpb": (self.last_eval or {}).get("val_bpb"),
                 "stopped": why or None, "elapsed_s": self.elapsed() if step > self.start_step else self.prev_elapsed,
                 "checkpoint": str(self.run.latest_step_dir(cfg.stage))}
+
+    def _out_of_time(self, step: int) -> bool:
+        """Past 1.5x the budget: a safety stop. The plan (re-fitted at each log step, frozen once the decay starts,
+        and started at once by a run found late) is what ends a time-budgeted run near its budget."""
+        return self.cfg.time_budget > 0 and self.elapsed() >= 1.5 * self.cfg.time_budget * 60
+
+    def _replan(self, step: int, train_step_s: float, bar) -> None:
+        """Re-fit the planned total to the time left (until the decay starts); rank 0's answer is broadcast."""
+        cfg = self.cfg
+        done = max(1, step - self.start_step)
+        # seconds per training step: the median of the last 3 log windows (the faster of the first 2), so one
+        # busy window, or the first one with its warm-up, does not move the plan and a lasting change does; plus
+        # evaluation/checkpoint time amortised over the steps so far
+        self._windows = (getattr(self, "_windows", []) + [train_step_s])[-3:]
+        recent = sorted(self._windows)
+        step_s = recent[1] if len(recent) == 3 else recent[0]
+        step_s += self.pause_total / done
+        reserve = self.last_pause or 0.02 * cfg.time_budget * 60  # the final evaluation + checkpoint
+        remaining = cfg.time_budget * 60 - self.elapsed() - reserve
+        new = replan_total(step, self.total_steps, remaining, step_s, cfg.max_steps, self.schedule, cfg.decay_frac)
+        if self.dist:
+            import torch.distributed as dist
+
+            t = torch.tensor(new, dtype=torch.int64, device=self.device)
+            dist.broadcast(t, src=0)
+            new = int(t.item())
+        if new != self.total_steps:
+            self.total_steps = new
+            bar.total = new
+            bar.refresh()
 
     def _do_eval(self, step: int) -> None:
         res = self.evaluate(step)

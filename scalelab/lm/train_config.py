@@ -13,7 +13,7 @@ from scalelab.common import UsageError
 from scalelab.config import config_from_dict, to_dict
 from scalelab.lm import checkpoint as ckpt
 from scalelab.lm.model import PRESETS, ModelConfig
-from scalelab.lm.optim import SCHEDULES
+from scalelab.lm.optim import SCHEDULE_CHOICES
 from scalelab.runs import RunDir
 
 
@@ -44,7 +44,9 @@ class TrainConfig:
                 "(0 = batch-size * seq-len * processes, no accumulation)"})
     # ---- optimization
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
-    schedule: str = field(default="cosine", metadata={"help": "LR schedule after warmup", "choices": list(SCHEDULES)})
+    schedule: str = field(default="auto", metadata={
+        "help": "LR schedule after warmup (auto = wsd under --time-budget, else cosine)",
+        "choices": list(SCHEDULE_CHOICES)})
     warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps (0 = none)"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final LR as a fraction of the peak"})
     decay_frac: float = field(default=0.2, metadata={"help": "wsd: fraction of steps in the final linear decay"})
@@ -54,7 +56,8 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0 = off)"})
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps (the schedule's length)"})
     time_budget: float = field(default=0.0, metadata={
-        "help": "minutes of training; the schedule is fitted to the steps preflight projects (0 = no limit)"})
+        "help": "minutes of wall time; the planned steps are re-fitted to the measured speed at each log step until "
+                "the LR decay starts, then frozen so the decay completes (0 = no limit; max-steps stays a cap)"})
     # ---- evaluation and logging
     eval_every: int = field(default=100, metadata={"help": "evaluate every N steps and at the end (0 = end only)"})
     eval_tokens: int = field(default=131072, metadata={"help": "validation tokens per evaluation (0 = all)"})
