@@ -412,6 +412,7 @@ class _Trainer:
         self.t_start = time.perf_counter()
         win_t, win_tokens = time.perf_counter(), 0
         self.pause_total, self.last_pause = 0.0, 0.0  # evaluation + checkpoint seconds (all, and the latest)
+        self._windows: list[float] = []  # seconds per training step of the latest log windows (time budget)
         loss_win = torch.zeros((), device=self.device)
         count_win = torch.zeros((), dtype=torch.float64, device=self.device)
         bar = progress(total=self.total_steps, initial=step, desc=f"{cfg.stage}", unit="step")
@@ -505,7 +506,7 @@ class _Trainer:
         # seconds per training step: the median of the last 3 log windows (the faster of the first 2), so one
         # busy window, or the first one with its warm-up, does not move the plan and a lasting change does; plus
         # evaluation/checkpoint time amortised over the steps so far
-        self._windows = (getattr(self, "_windows", []) + [train_step_s])[-3:]
+        self._windows = (self._windows + [train_step_s])[-3:]
         recent = sorted(self._windows)
         step_s = recent[1] if len(recent) == 3 else recent[0]
         step_s += self.pause_total / done
