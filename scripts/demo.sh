@@ -73,10 +73,10 @@ echo "== report: $RUN/report.md"
 # ------------------------------------------------------------------------------------------------------------------
 echo
 echo "== wall time per stage (seconds)"
-for s in tokenizer pretrain sft eval-base eval-chat; do
-  [ -f "$MARKS/$s.done" ] && printf "  %-10s %6s\n" "$s" "$(cat "$MARKS/$s.done")"
+for s in tabular-magic tabular-digits tabular-teacher tabular-compute tokenizer pretrain sft eval-base eval-chat; do
+  [ -f "$MARKS/$s.done" ] && printf "  %-16s %6s\n" "$s" "$(cat "$MARKS/$s.done")"
 done
-printf "  %-10s %6s   (this invocation)\n" "total" "$(( $(date +%s) - T0 ))"
+printf "  %-16s %6s   (this invocation)\n" "total" "$(( $(date +%s) - T0 ))"
 
 echo
 "${SL[@]}" report --run "$RUN" --table
