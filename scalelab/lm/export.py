@@ -302,12 +302,7 @@ def export_hf(run: str | Path, out: str | Path, stage: str | None = None, dtype:
     if dtype not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"--dtype {dtype!r}: choose fp32, bf16 or fp16")
     run, out = Path(run), Path(out)
-    step_dir = resolve_checkpoint(run, stage)
-    model, meta, _ = load_model(step_dir)
-    run_dir = RunDir(run) if (run / "tokenizer").is_dir() else RunDir(step_dir.parent.parent)
-    if not run_dir.tokenizer_json.is_file():
-        raise UsageError(f"{run_dir.tokenizer_json}: not found (the export needs the run's tokenizer)")
-    _check_tokenizer(run_dir.tokenizer_json, meta, step_dir)
+    model, meta, step_dir, run_dir = load_for_export(run, stage)
     cfg = model.config
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -327,6 +322,17 @@ def export_hf(run: str | Path, out: str | Path, stage: str | None = None, dtype:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(out=out, step_dir=step_dir, files=files)
+
+
+def load_for_export(run: Path, stage: str | None) -> tuple[Any, dict[str, Any], Path, RunDir]:
+    """The checkpoint to export and the run holding its tokenizer, checked to belong together (HF and GGUF)."""
+    step_dir = resolve_checkpoint(run, stage)
+    model, meta, _ = load_model(step_dir)
+    run_dir = RunDir(run) if (run / "tokenizer").is_dir() else RunDir(step_dir.parent.parent)
+    if not run_dir.tokenizer_json.is_file():
+        raise UsageError(f"{run_dir.tokenizer_json}: not found (the export needs the run's tokenizer)")
+    _check_tokenizer(run_dir.tokenizer_json, meta, step_dir)
+    return model, meta, step_dir, run_dir
 
 
 def _check_tokenizer(tokenizer_json: Path, meta: dict[str, Any], step_dir: Path) -> None:

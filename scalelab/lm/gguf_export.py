@@ -26,10 +26,8 @@ import numpy as np
 import torch
 
 from scalelab.common import UsageError
-from scalelab.lm.checkpoint import load_model, resolve_checkpoint
-from scalelab.lm.export import ExportResult, _check_tokenizer, export_state
+from scalelab.lm.export import ExportResult, export_state, load_for_export
 from scalelab.lm.special_tokens import BOS, END, PAD, SPECIAL_TOKENS
-from scalelab.runs import RunDir
 
 DTYPES = ("f32", "f16")
 
@@ -100,12 +98,7 @@ def export_gguf(run: str | Path, out: str | Path, stage: str | None = None, dtyp
     run, out = Path(run), Path(out)
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; --out must name a .gguf file")
-    step_dir = resolve_checkpoint(run, stage)
-    model, meta, _ = load_model(step_dir)
-    run_dir = RunDir(run) if (run / "tokenizer").is_dir() else RunDir(step_dir.parent.parent)
-    if not run_dir.tokenizer_json.is_file():
-        raise UsageError(f"{run_dir.tokenizer_json}: not found (the export needs the run's tokenizer)")
-    _check_tokenizer(run_dir.tokenizer_json, meta, step_dir)
+    model, meta, step_dir, run_dir = load_for_export(run, stage)
     cfg = model.config
     vocab = tokenizer_metadata(run_dir.tokenizer_json, cfg.vocab_size)
     ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
