@@ -24,10 +24,14 @@ import threading
 import time
 from pathlib import Path
 
-import torch
+from scalelab.common import openmp_spin_for_threads
 
-from scalelab.lm.engine import Engine, generate
-from scalelab.lm.model import GPT, ModelConfig
+openmp_spin_for_threads()  # before torch loads: the engine decodes in a background thread, as `scalelab serve` does
+
+import torch  # noqa: E402
+
+from scalelab.lm.engine import Engine, generate  # noqa: E402
+from scalelab.lm.model import GPT, ModelConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_generate.json"

@@ -100,6 +100,7 @@ class Request:
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._cancel = False
+        self._blocked = 0  # threads blocked in ``__iter__`` waiting for the next chunk
 
     # ---- read by clients
     @property
@@ -145,7 +146,11 @@ class Request:
             while True:
                 with self._cond:
                     while len(self._chunks) <= i and self.finish_reason is None:
-                        self._cond.wait()
+                        self._blocked += 1
+                        try:
+                            self._cond.wait()
+                        finally:
+                            self._blocked -= 1
                     chunks, finished = self._chunks[i:], self.finish_reason is not None
                 i += len(chunks)
                 if chunks:
@@ -179,9 +184,10 @@ class Request:
             self.cancel()
 
     # ---- written by the engine thread
-    def _wake(self) -> None:
+    def _wake(self, final: bool) -> None:
         waiters, self._waiters = self._waiters, []
-        self._cond.notify_all()
+        if final or self._blocked:  # ``wait()`` callers only care about the end: no thread switch per token
+            self._cond.notify_all()
         for loop, event in waiters:
             try:
                 loop.call_soon_threadsafe(event.set)
@@ -196,7 +202,7 @@ class Request:
                 self.error = error
                 self.finished_at = time.perf_counter()
                 self.finish_reason = finish
-            self._wake()
+            self._wake(self.finish_reason is not None)
 
     def _on_token(self, token: int, finished: bool) -> bool:
         """Called after the row recorded ``token``; emits text; True when the request is finished."""
