@@ -121,6 +121,31 @@ def test_decoder_logits_match_model_forward_with_ragged_rows(n_kv_head: int) -> 
     assert dec.lengths == [6, 15, 2]
 
 
+def test_decoder_follows_weight_changes_and_bf16_rows() -> None:
+    """Fused weights are cached per model: an optimizer step, a load_state_dict or .to() must be seen next time."""
+    model = random_model()
+    seq = torch.randint(0, 97, (9,)).tolist()
+
+    def check(tol: float) -> None:
+        dec = Decoder(model, max_batch=4)
+        with torch.no_grad():
+            ref = model(torch.tensor([seq]))[0][0, -1].float()
+            for row in range(4):  # several rows: the packed (oneDNN) path on CPU
+                dec.prefill(row, seq[:-1])
+            got = dec.decode([seq[-1]] * 4)
+        assert (got - ref).abs().max() < tol
+
+    check(1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(torch.tensor([seq]), torch.tensor([seq]))[1].backward()
+    opt.step()
+    check(1e-4)
+    model.load_state_dict(random_model(seed=3).state_dict())
+    check(1e-4)
+    model.to(torch.bfloat16)
+    check(0.1)
+
+
 def test_greedy_generate_equals_argmax_of_full_forwards() -> None:
     model = random_model()
     prompt = [1, 2, 3, 4, 5]
