@@ -24,14 +24,10 @@ import threading
 import time
 from pathlib import Path
 
-from scalelab.common import openmp_spin_for_threads
+import torch
 
-openmp_spin_for_threads()  # before torch loads: the engine decodes in a background thread, as `scalelab serve` does
-
-import torch  # noqa: E402
-
-from scalelab.lm.engine import Engine, generate  # noqa: E402
-from scalelab.lm.model import GPT, ModelConfig  # noqa: E402
+from scalelab.lm.engine import Engine, generate, run_in_fresh_thread
+from scalelab.lm.model import GPT, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_generate.json"
@@ -100,20 +96,9 @@ def concurrent(engine: Engine, prompts: list[list[int]], n: int, **sampling) -> 
             "median_time_to_first_token_s": ttft}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--new-tokens", type=int, default=200, help="tokens generated per stream")
-    ap.add_argument("--trials", type=int, default=5, help="timed trials per contender (median counts)")
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
-    args = ap.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, n_kv_head=4, max_seq_len=512)
-    model = GPT(cfg).eval()
+def single_stream(model: GPT, prompt: list[int], n: int, trials: int) -> tuple[dict, float, float]:
+    """Engine vs HF generate vs the model's own KV-cache forward, batch 1, greedy: median tokens/s of ``trials``."""
     hf = hf_twin(model)
-    prompt = torch.randint(6, cfg.vocab_size, (32,)).tolist()
-    n = args.new_tokens
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, prompt 32 tokens, {n} new tokens, "
           f"{torch.get_num_threads()} threads")
 
@@ -123,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     outputs: dict[str, list[int]] = {}
     for k, fn in contenders.items():  # warm-up (allocator, first-call dispatch), not timed
         outputs[k] = fn()[1]
-    for _ in range(args.trials):
+    for _ in range(trials):
         for k, fn in contenders.items():
             times[k].append(fn()[0])
     single = {k: {"median_s": statistics.median(v), "tokens_per_s": n / statistics.median(v),
@@ -131,11 +116,34 @@ def main(argv: list[str] | None = None) -> int:
     agree = sum(a == b for a, b in zip(outputs["engine"], outputs["hf_generate"])) / n
     speedup = single["engine"]["tokens_per_s"] / single["hf_generate"]["tokens_per_s"]
     for k, v in single.items():
-        print(f"  {k:<15} {v['tokens_per_s']:8.0f} tokens/s (median of {args.trials}; "
+        print(f"  {k:<15} {v['tokens_per_s']:8.0f} tokens/s (median of {trials}; "
               f"best {v['best_tokens_per_s']:.0f})")
     print(f"engine / HF generate: {speedup:.2f}x (target >= 3x); greedy tokens identical: {agree:.0%}")
+    return single, agree, speedup
 
-    prompts = [torch.randint(6, cfg.vocab_size, (32,)).tolist() for _ in range(8)]
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new-tokens", type=int, default=200, help="tokens generated per stream")
+    ap.add_argument("--trials", type=int, default=5, help="timed trials per contender (median counts)")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    # Every torch call runs off the main thread, in threads that end (run_in_fresh_thread), as `scalelab serve`
+    # loads its model: then the engine's thread is the only one holding an OpenMP team (see that function).
+    cfg = ModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, n_kv_head=4, max_seq_len=512)
+
+    def build() -> tuple[GPT, list[int], list[list[int]]]:
+        torch.manual_seed(0)
+        model = GPT(cfg).eval()
+        prompt = torch.randint(6, cfg.vocab_size, (32,)).tolist()
+        return model, prompt, [torch.randint(6, cfg.vocab_size, (32,)).tolist() for _ in range(8)]
+
+    n = args.new_tokens
+    model, prompt, prompts = run_in_fresh_thread(build)
+    single, agree, speedup = run_in_fresh_thread(single_stream, model, prompt, args.new_tokens, args.trials)
+
     batching = []
     with Engine(model, max_batch=8, max_queue=64) as engine:
         concurrent(engine, prompts[:2], 16, temperature=0)  # warm-up

@@ -1,14 +1,14 @@
 """Aggregate tokens/s of `scalelab serve` at 1, 4 and 8 concurrent streams, against the live server on loopback.
 
-    .venv/bin/python benchmarks/bench_serve.py [--max-tokens 64] [--requests 3] [--dtype auto] [--max-batch 8]
+    .venv/bin/python benchmarks/bench_serve.py [--max-tokens 64] [--seconds 4] [--dtype auto] [--max-batch 8]
                                                [--temperature 1.0]
 
 Builds a throw-away run (byte-level BPE tokenizer trained on a few stdlib files; model vocab 4096, width 256,
 4 layers, 4 heads, context 512, random init: speed does not depend on training), starts `python -m scalelab serve`
-on a free 127.0.0.1 port, then for each concurrency c in 1, 4, 8 runs c clients that each send ``--requests``
-streamed chat completions of exactly ``--max-tokens`` tokens (``ignore_eos``: stop disabled). Aggregate tokens/s =
-completion tokens (from each stream's ``usage``) / wall time of the level. The anchor is the 1-stream figure of the
-same run; the target is 8 streams >= 4x one. Also reports the median time to first token. Writes
+on a free 127.0.0.1 port, then for each concurrency c in 1, 4, 8 runs c clients that each send streamed chat
+completions of exactly ``--max-tokens`` tokens (``ignore_eos``: stop disabled) back to back for ``--seconds``.
+Aggregate tokens/s = completion tokens (from each stream's ``usage``) / wall time of the level. The anchor is the
+1-stream figure of the same run; the target is 8 streams >= 4x one. Also reports the median time to first token. Writes
 benchmarks/results/bench_serve.json.
 """
 
@@ -90,18 +90,23 @@ def one_stream(url: str, body: dict) -> tuple[int, float]:
     return usage[-1]["usage"]["completion_tokens"], first if first is not None else float("nan")
 
 
-def level(url: str, clients: int, requests: int, body: dict) -> dict:
+def level(url: str, clients: int, seconds: float, body: dict) -> dict:
+    """``clients`` threads each send streamed requests back to back until ``seconds`` have passed (the requests
+    under way then finish); aggregate tokens/s = completion tokens / wall time until the last one ends."""
     results: list[tuple[int, float]] = []
     lock = threading.Lock()
+    t = time.perf_counter()
+    deadline = t + seconds
 
     def client(i: int) -> None:
-        for j in range(requests):
+        j = 0
+        while j == 0 or time.perf_counter() < deadline:
             out = one_stream(url, {**body, "seed": 1000 * i + j})
+            j += 1
             with lock:
                 results.append(out)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    t = time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
@@ -122,7 +127,7 @@ def free_port() -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-tokens", type=int, default=64, help="tokens per request (stop disabled)")
-    ap.add_argument("--requests", type=int, default=3, help="requests per client at each level")
+    ap.add_argument("--seconds", type=float, default=4.0, help="how long each concurrency level runs")
     ap.add_argument("--dtype", default="auto", help="server dtype: auto (bf16 on AMX CPUs), fp32, bf16")
     ap.add_argument("--max-batch", type=int, default=8, help="server --max-batch")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
@@ -153,8 +158,17 @@ def main(argv: list[str] | None = None) -> int:
             prompt = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
             body = {"messages": prompt, "max_tokens": args.max_tokens, "temperature": args.temperature, "stream": True,
                     "stream_options": {"include_usage": True}, "ignore_eos": True}
-            level(url, 2, 1, body)  # warm-up: first-call allocations and lazy imports
-            rows = [level(url, c, args.requests, body) for c in LEVELS]
+            level(url, 2, 0.0, body)  # warm-up: first-call allocations and lazy imports
+            rows = []
+            for c in LEVELS:
+                before = httpx.get(url + "/health").json()["engine"]
+                row = level(url, c, args.seconds, body)
+                after = httpx.get(url + "/health").json()["engine"]
+                steps = max(1, after["steps"] - before["steps"])
+                # engine-side view: rows decoded per step (occupancy) and wall ms per decode step
+                row["engine_rows_per_step"] = round((after["tokens"] - before["tokens"]) / steps, 2)
+                row["engine_ms_per_step"] = round(1000 * row["seconds"] / steps, 3)
+                rows.append(row)
         finally:
             proc.terminate()
             try:
@@ -167,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         r["ratio_vs_1"] = round(r["tokens_per_s"] / anchor, 2)
         print(f"{r['clients']} stream(s): {r['tokens_per_s']:8.1f} tok/s aggregate  ({r['ratio_vs_1']:.2f}x one "
               f"stream; median first token {r['median_first_token_s'] * 1000:.0f} ms; {r['tokens']} tokens in "
-              f"{r['seconds']} s)")
+              f"{r['seconds']} s; engine: {r['engine_rows_per_step']} rows/step, "
+              f"{r['engine_ms_per_step']} ms/step)")
     ratio8 = rows[-1]["ratio_vs_1"]
     print(f"8 streams vs 1: {ratio8:.2f}x (target >= 4x: {'met' if ratio8 >= 4 else 'NOT met'})")
     out = {"benchmark": "bench_serve", "anchor": "1 concurrent stream, same run", "levels": rows,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from scalelab.common import UsageError, openmp_spin_for_threads
+from scalelab.common import UsageError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "curves": ("scalelab.cli.curves", "learning curves: MLP vs classical baselines over training-set size"),
@@ -24,9 +24,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("scalelab.cli.import_", "import a Hugging Face Llama checkpoint as a scalelab run"),
     "serve": ("scalelab.cli.serve", "OpenAI-compatible HTTP server and web chat page"),
 }
-
-# Commands that run torch in a background thread (the serving engine): OpenMP is tuned for that before torch loads.
-THREADED_TORCH = {"serve"}
 
 
 def usage() -> str:
@@ -45,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"scalelab: error: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
-    if name in THREADED_TORCH and "torch" not in sys.modules:
-        openmp_spin_for_threads()
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)

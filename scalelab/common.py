@@ -88,20 +88,6 @@ def progress(iterable: Iterable | None = None, **kwargs: Any):
 
 # ----------------------------------------------------------------------------------------------- devices and dtypes
 
-def openmp_spin_for_threads() -> None:
-    """Let OpenMP workers spin briefly between kernels even when a second thread runs torch (the serving engine).
-
-    libgomp cuts its spin-wait to ~1000 iterations once it manages more threads than there are cores, which happens
-    as soon as a thread besides the main one runs torch ops: the engine's worker then sleeps and is woken by a
-    futex for each of the ~100 small kernels of a decode step. Measured on 2 cores (vocab 4096, width 256, 4
-    layers): a batch-8 decode step in a background thread 2.1 ms -> 1.2 ms, batch 1 0.81 -> 0.61 ms. The spin is
-    bounded (GOMP_SPINCOUNT, ~0.3 ms), so idle workers still sleep. It must run before torch is first imported;
-    values the user set are kept. ``scalelab serve`` calls it.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
-    os.environ.setdefault("GOMP_SPINCOUNT", "30000")
-
-
 def resolve_device(name: str = "auto") -> str:
     """'auto' picks CUDA, then MPS, then CPU. An unavailable explicit choice is a UsageError."""
     import torch

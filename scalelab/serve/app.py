@@ -418,13 +418,14 @@ PAGE_HEADERS = {
 
 def build_app(cfg: ServeConfig) -> FastAPI:
     """Load the run's tokenizer and checkpoint, start the engine, and wrap both in the app."""
-    from scalelab.lm.engine import Engine, load_for_inference
+    from scalelab.lm.engine import Engine, load_for_inference, run_in_fresh_thread
 
     cfg.check()
     run = Path(cfg.run)
     if not run.exists():
         raise UsageError(f"{run}: no such run folder")
-    model, tokenizer, _step = load_for_inference(run, cfg.stage or None, cfg.device, cfg.dtype)
+    # loaded off the main thread so that only the engine thread runs torch's OpenMP (see run_in_fresh_thread)
+    model, tokenizer, _step = run_in_fresh_thread(load_for_inference, run, cfg.stage or None, cfg.device, cfg.dtype)
     engine = Engine(model, tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
     served = Served(engine=engine, tokenizer=tokenizer, model_id=cfg.model_name or run.resolve().name,
                     context_length=engine.context_length, max_tokens_limit=cfg.max_tokens_limit,
