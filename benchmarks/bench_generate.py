@@ -127,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=200, help="tokens generated per stream")
     ap.add_argument("--trials", type=int, default=5, help="timed trials per contender (median counts)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
+    ap.add_argument("--model", default="micro", help="model preset (micro = the demo's size; tiny, small, ...)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     # Every torch call runs off the main thread, in threads that end (run_in_fresh_thread), as `scalelab serve`
     # loads its model: then the engine's thread is the only one holding an OpenMP team (see that function).
-    cfg = ModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, n_kv_head=4, max_seq_len=512)
+    cfg = ModelConfig.preset(args.model, vocab_size=4096, max_seq_len=512)  # micro: width 256, 4 layers, 4 heads
 
     def build() -> tuple[GPT, list[int], list[list[int]]]:
         torch.manual_seed(0)
@@ -158,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     scale8 = batching[2]["tokens_per_s"] / batching[0]["tokens_per_s"]
     print(f"8 streams / 1 stream: {scale8:.2f}x (target >= 4x)")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    out = RESULTS if args.model == "micro" else RESULTS.with_name(f"bench_generate_{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
         "benchmark": "bench_generate", "time": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
         "machine": platform.machine(), "threads": torch.get_num_threads(),
         "model": cfg.to_dict(), "parameters": model.num_params(), "prompt_tokens": 32, "new_tokens": n,
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "greedy_agreement_with_hf": agree, "concurrent_greedy": batching, "concurrent_8_sampled": sampled,
         "aggregate_8_over_1": scale8, "target_aggregate_8_over_1": 4.0,
     }, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
 

@@ -36,7 +36,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "bench_serve.json"
 LEVELS = (1, 4, 8)
 
 
-def build_run(root: Path) -> Path:
+def build_run(root: Path, preset: str = "micro") -> Path:
     """A run folder: tokenizer trained on stdlib text (a few seconds) + a random vocab-4096 chat checkpoint."""
     import torch
 
@@ -51,7 +51,7 @@ def build_run(root: Path) -> Path:
     tok = train_tokenizer(texts, vocab_size=4096, show_progress=False)
     save_tokenizer(tok, run.tokenizer_dir)
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, n_kv_head=4, max_seq_len=512)
+    cfg = ModelConfig.preset(preset, vocab_size=4096, max_seq_len=512)  # micro: width 256, 4 layers, 4 heads
     save_checkpoint(run, "chat", 1, GPT(cfg), {"model_config": cfg.to_dict()})
     return root
 
@@ -130,11 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0, help="how long each concurrency level runs")
     ap.add_argument("--dtype", default="auto", help="server dtype: auto (bf16 on AMX CPUs), fp32, bf16")
     ap.add_argument("--max-batch", type=int, default=8, help="server --max-batch")
+    ap.add_argument("--model", default="micro", help="model preset (micro = the demo's size; tiny, small, ...)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
-        run = build_run(Path(tmp) / "bench")
+        run = build_run(Path(tmp) / "bench", args.model)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "SCALELAB_API_KEY"}
         proc = subprocess.Popen([sys.executable, "-m", "scalelab", "serve", "--run", str(run), "--port", str(port),
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+    from scalelab.lm.model import ModelConfig
+
+    cfg_dict = ModelConfig.preset(args.model, vocab_size=4096, max_seq_len=512).to_dict()
     anchor = rows[0]["tokens_per_s"]
     for r in rows:
         r["ratio_vs_1"] = round(r["tokens_per_s"] / anchor, 2)
@@ -187,12 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"8 streams vs 1: {ratio8:.2f}x (target >= 4x: {'met' if ratio8 >= 4 else 'NOT met'})")
     out = {"benchmark": "bench_serve", "anchor": "1 concurrent stream, same run", "levels": rows,
            "ratio_8_vs_1": ratio8, "target_ratio": 4.0, "target_met": ratio8 >= 4,
-           "settings": {**vars(args), "model": "vocab 4096, d 256, 4 layers, 4 heads, ctx 512, random init"},
+           "settings": {**vars(args), "model_config": cfg_dict, "init": "random"},
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    path = RESULTS if args.model == "micro" else RESULTS.with_name(f"bench_serve_{args.model}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 
