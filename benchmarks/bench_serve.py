@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-tokens", type=int, default=64, help="tokens per request (stop disabled)")
     ap.add_argument("--seconds", type=float, default=4.0, help="how long each concurrency level runs")
-    ap.add_argument("--dtype", default="auto", help="server dtype: auto (bf16 on AMX CPUs), fp32, bf16")
+    ap.add_argument("--dtype", default="auto", help="server dtype: auto, fp32, bf16")
     ap.add_argument("--max-batch", type=int, default=8, help="server --max-batch")
     ap.add_argument("--model", default="micro", help="model preset (micro = the demo's size; tiny, small, ...)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")

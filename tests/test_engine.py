@@ -335,3 +335,33 @@ def test_engine_from_run_loads_checkpoint_and_tokenizer(tmp_path: Path, tok) -> 
     for where in (run.root, step):
         with Engine.from_run(where, device="cpu", dtype="fp32", max_batch=2) as engine:
             assert engine.submit([bos, asst], max_tokens=5, stop_ids=[end]).result(30) == "ok"
+
+
+# ------------------------------------------------------------------------------------------------------ dtypes
+
+def test_inference_dtype_auto_keeps_cache_sized_models_in_fp32(monkeypatch, tmp_path: Path) -> None:
+    import scalelab.common as common
+    from scalelab.lm.checkpoint import save_checkpoint
+    from scalelab.lm.engine import load_for_inference
+    from scalelab.lm.tokenizer import save_tokenizer
+    from scalelab.runs import RunDir
+
+    monkeypatch.setattr(common, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(common, "last_level_cache_bytes", lambda: 32 << 20)
+    assert common.resolve_inference_dtype("auto", "cpu", 5_000_000) == "fp32"  # 20 MB of fp32 weights: cached
+    assert common.resolve_inference_dtype("auto", "cpu", 17_000_000) == "bf16"  # 68 MB: halve the bytes
+    assert common.resolve_inference_dtype("bf16", "cpu", 5_000_000) == "bf16"  # an explicit choice stands
+    assert common.resolve_inference_dtype("fp32", "cpu", 17_000_000) == "fp32"
+
+    run = RunDir(tmp_path / "run")
+    save_tokenizer(make_tokenizer(), run.tokenizer_dir)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=300, n_layer=1, n_embd=32, n_head=2, n_kv_head=2, max_seq_len=32))
+    save_checkpoint(run, "chat", 1, model, {"model_config": model.config.to_dict()})
+    loaded, _, _ = load_for_inference(tmp_path / "run", None, "cpu", "auto")  # small: fp32, bit-exact
+    assert loaded.lm_head.weight.dtype == torch.float32
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    monkeypatch.setattr(common, "last_level_cache_bytes", lambda: 1024)  # now it does not fit: bf16
+    loaded, _, _ = load_for_inference(tmp_path / "run", None, "cpu", "auto")
+    assert loaded.lm_head.weight.dtype == torch.bfloat16
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight.bfloat16())

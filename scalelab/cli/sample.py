@@ -32,7 +32,8 @@ class SampleConfig:
     seed: int = field(default=-1, metadata={"help": "random seed (sample i uses seed + i); -1 = random"})
     num_samples: int = field(default=1, metadata={"help": "how many samples, one after another"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where fast), fp32, bf16 or fp16"})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto (bf16 where fast; fp32 on CPU for models the cache holds), fp32, bf16 or fp16"})
 
     def check(self) -> None:
         if not self.run:

@@ -421,14 +421,21 @@ def load_for_inference(run: str | Path, stage: str | None = None, device: str = 
     """(model in eval mode, tokenizer, step folder) from a run, stage or step folder.
 
     The tokenizer is the run's ``tokenizer/tokenizer.json``, looked up from the given folder and the checkpoint's
-    parents. ``device``/``dtype`` as in ``scalelab.common`` ("auto" = CUDA/MPS/CPU and bf16 where fast).
+    parents. ``device`` as in ``scalelab.common``; ``dtype`` "auto" is ``resolve_inference_dtype`` (bf16 where the
+    device does it fast, but fp32 on a CPU whose last-level cache holds the fp32 weights).
     """
-    from scalelab.common import UsageError, resolve_device, resolve_dtype, torch_dtype
+    from scalelab.common import UsageError, resolve_device, resolve_dtype, resolve_inference_dtype, torch_dtype
     from scalelab.lm.checkpoint import load_model
     from scalelab.lm.tokenizer import load_tokenizer
 
     dev = resolve_device(device)
-    model, _meta, step_dir = load_model(run, stage=stage, device=dev, dtype=torch_dtype(resolve_dtype(dtype, dev)))
+    wanted = resolve_dtype(dtype, dev)  # checks the name before anything loads
+    if (dtype or "auto").lower() == "auto" and dev == "cpu":
+        wanted = "fp32"  # full precision first; the model's size decides below
+    model, _meta, step_dir = load_model(run, stage=stage, device=dev, dtype=torch_dtype(wanted))
+    chosen = resolve_inference_dtype(dtype, dev, model.num_params())
+    if chosen != wanted:
+        model.to(torch_dtype(chosen))
     tok_dir = find_tokenizer_dir(run, step_dir)
     if tok_dir is None:
         raise UsageError(f"{run}: no tokenizer found (expected tokenizer/tokenizer.json in the run folder)")
