@@ -365,3 +365,13 @@ def test_inference_dtype_auto_keeps_cache_sized_models_in_fp32(monkeypatch, tmp_
     loaded, _, _ = load_for_inference(tmp_path / "run", None, "cpu", "auto")
     assert loaded.lm_head.weight.dtype == torch.bfloat16
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight.bfloat16())
+
+
+def test_decoding_inside_a_training_autocast_region() -> None:
+    """Trainers sample mid-run under bf16 autocast: the decoder runs in the weights' dtype and gives the same ids."""
+    model = random_model()
+    prompt = [1, 2, 3, 4, 5]
+    expected = list(generate(model, prompt, 12, temperature=0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert list(generate(model, prompt, 12, temperature=0)) == expected
+        assert generate_batch(model, [prompt, prompt[:3]], 12, temperature=0)[0] == expected

@@ -68,11 +68,19 @@ def test_loss_decreases_on_real_text(tmp_path: Path) -> None:
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     # bytes tokenizer: bits per byte = nats/ln2 over the non-special targets, near the loss in bits
     assert 0.8 * evals[-1]["val_loss"] / math.log(2) < evals[-1]["val_bpb"] < 1.2 * evals[-1]["val_loss"] / math.log(2)
-    assert len(evals[-1]["samples"]) == 2
+    assert len(evals[-1]["samples"]) == 2 and not any("error" in x for x in evals[-1]["samples"])
     assert out["step"] == 40 and (run / "base" / "step_0000040" / "model.safetensors").is_file()
     assert (run / "loss_base.png").stat().st_size > 1000
     meta = json.loads((run / "base" / "step_0000040" / "meta.json").read_text())
     assert meta["tokenizer_sha256"] == "bytes-v1" and meta["tokens_seen"] == 40 * 8 * 64
+
+
+def test_samples_under_bf16_autocast(tmp_path: Path) -> None:
+    """The evaluation samples are drawn inside the trainer's autocast region (bf16 here) and must still work."""
+    run = make_byte_run(tmp_path / "r")
+    train(tiny(run, max_steps=4, eval_every=4, dtype="bf16", sample_tokens=6, sample_prompts=["KING"]))
+    samples = [r for r in read_jsonl(run / "metrics.jsonl") if "val_loss" in r][-1]["samples"]
+    assert len(samples) == 1 and "error" not in samples[0], samples
 
 
 def test_bits_per_byte_hand_checked() -> None:

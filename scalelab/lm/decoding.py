@@ -144,22 +144,33 @@ class Decoder:
             shape = (cfg.n_layer, max_batch, cfg.n_kv_head, self.max_len, cfg.head_dim)
             self.k = torch.zeros(shape, device=self.device, dtype=self.dtype)
             self.v = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)  # per-layer views: no indexing per step
         self.lengths = [0] * max_batch
         self.gqa = cfg.n_kv_head != cfg.n_head
+        self._cast = self.dtype != torch.float32  # norms and RoPE compute in fp32; cast back only when needed
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """x * rsqrt(mean(x^2) + eps) in fp32 (the weight is folded into the next projection)."""
         n = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
         scale = torch.addcmul(self._eps, n, n, value=1.0 / self.n_embd).rsqrt_()
-        return (x * scale).to(self.dtype)
+        return (x * scale).to(self.dtype) if self._cast else x * scale
 
     def _rope(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         out = torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, dims=-1), sin)
-        return out.to(qk.dtype)
+        return out.to(qk.dtype) if self._cast else out
 
     def _forward(self, idx: torch.Tensor, rows: slice, cos: torch.Tensor, sin: torch.Tensor, write, attn_end: int,
                  mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
-        """idx (B, T) -> last-token logits (B, V); ``write(layer, k, v)`` stores the new keys/values."""
+        """idx (B, T) -> last-token logits (B, V); ``write(layer, k, v)`` stores the new keys/values.
+
+        Runs in the weights' own dtype: an enclosing autocast (a trainer sampling mid-run) is switched off, since the
+        packed oneDNN projections take no part in autocast.
+        """
+        with torch.autocast(self.device.type, enabled=False):
+            return self._layers_forward(idx, rows, cos, sin, write, attn_end, mask, causal)
+
+    def _layers_forward(self, idx: torch.Tensor, rows: slice, cos: torch.Tensor, sin: torch.Tensor, write,
+                        attn_end: int, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         B, T = idx.shape
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
         x = F.embedding(idx.reshape(-1), self.embed)  # (B*T, C)
@@ -168,8 +179,8 @@ class Decoder:
             qk = self._rope(qkv[..., : self.n_qk].view(B, T, H + Hkv, hd), cos, sin)  # (B, T, H + Hkv, hd)
             q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
             write(i, qk[:, :, H:], qkv[..., self.n_qk:].view(B, T, Hkv, hd))
-            keys = self.k[i, rows, :, :attn_end]  # (B, Hkv, L, hd)
-            values = self.v[i, rows, :, :attn_end]
+            keys = self.k_layers[i][rows, :, :attn_end]  # (B, Hkv, L, hd)
+            values = self.v_layers[i][rows, :, :attn_end]
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=self.gqa)
             x = w_o(y.transpose(1, 2).reshape(B * T, H * hd), x)
             gate, up = w_gu(self._norm(x)).split(self.ffn, dim=-1)
@@ -214,8 +225,8 @@ class Decoder:
             cos, sin = self.cos[lo:lo + 1][None, :, None], self.sin[lo:lo + 1][None, :, None]
 
             def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
-                self.k[i, :n, :, lo] = k[:, 0]
-                self.v[i, :n, :, lo] = v[:, 0]
+                self.k_layers[i][:n, :, lo] = k[:, 0]
+                self.v_layers[i][:n, :, lo] = v[:, 0]
 
             mask = None
         else:
@@ -224,8 +235,8 @@ class Decoder:
             rows = torch.arange(n, device=self.device)
 
             def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
-                self.k[i][rows, :, pos] = k[:, 0]
-                self.v[i][rows, :, pos] = v[:, 0]
+                self.k_layers[i][rows, :, pos] = k[:, 0]
+                self.v_layers[i][rows, :, pos] = v[:, 0]
 
             mask = (torch.arange(hi + 1, device=self.device)[None] <= pos[:, None])[:, None, None]  # (n, 1, 1, L)
         logits = self._forward(idx, slice(0, n), cos, sin, write, hi + 1, mask, causal=False)
