@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from scalelab.cli import check_generation_flags
 from scalelab.common import UsageError
 from scalelab.config import parse_config
 
@@ -36,16 +37,9 @@ class SampleConfig:
         "help": "auto (bf16 where fast; fp32 on CPU for models the cache holds), fp32, bf16 or fp16"})
 
     def check(self) -> None:
-        if not self.run:
-            raise UsageError("--run is required (a run folder such as runs/demo)")
-        if self.stage not in ("", "base", "chat"):
-            raise UsageError(f"--stage {self.stage!r}: choose base or chat")
-        if self.max_tokens < 1:
-            raise UsageError(f"--max-tokens {self.max_tokens}: must be at least 1")
+        check_generation_flags(self, ("base", "chat"))
         if self.num_samples < 1:
             raise UsageError(f"--num-samples {self.num_samples}: must be at least 1")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise UsageError("--temperature must be >= 0, --top-k >= 0 and --top-p in (0, 1]")
 
 
 def _stage(run: str, stage: str) -> str | None:

@@ -59,6 +59,13 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
+def stdlib_modules(held_out: bool, eval_percent: int, salt: str) -> list[tuple[str, str]]:
+    """(module, path) of the stdlib files on one side of a task's split, held out by top-level package."""
+    root = stdlib_dir()
+    return [(mod, str(path)) for path in stdlib_python_files() if (mod := module_name(path, root))
+            and is_eval_key(mod.split(".")[0], eval_percent, salt=salt) == held_out]
+
+
 def _without_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
             and isinstance(body[0].value.value, str):
@@ -131,13 +138,7 @@ class StdlibCodeTask(Task):
         self.per_file = per_file
 
     def _files(self, held_out: bool) -> list[tuple[str, str]]:
-        root = stdlib_dir()
-        out = []
-        for path in stdlib_python_files():
-            mod = module_name(path, root)
-            if mod and is_eval_key(mod.split(".")[0], self.eval_percent, salt="code") == held_out:
-                out.append((mod, str(path)))
-        return out
+        return stdlib_modules(held_out, self.eval_percent, salt="code")
 
     def _draw(self, n: int, seed: int, held_out: bool) -> list[dict]:
         rng = random.Random(seed)

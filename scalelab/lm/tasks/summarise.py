@@ -20,9 +20,9 @@ import random
 import re
 from pathlib import Path
 
-from scalelab.lm.corpus import stdlib_dir, stdlib_python_files
+from scalelab.lm.corpus import stdlib_dir
 from scalelab.lm.tasks.base import Example, Messages, Task, is_eval_key, rouge_l, sample_pool, split_end
-from scalelab.lm.tasks.coding import module_name
+from scalelab.lm.tasks.coding import module_name, stdlib_modules
 
 MAX_INPUT_CHARS = 600
 _UNDERLINE = re.compile(r"^([*=\-~^])\1{2,}\s*$")
@@ -102,9 +102,7 @@ class SummariseTask(Task):
         self.per_file = per_file
 
     def _pool_files(self, held_out: bool) -> list[tuple[str, str]]:
-        root = stdlib_dir()
-        return [(mod, str(path)) for path in stdlib_python_files() if (mod := module_name(path, root))
-                and is_eval_key(mod.split(".")[0], self.eval_percent, salt="summarise") == held_out]
+        return stdlib_modules(held_out, self.eval_percent, salt="summarise")
 
     def _topics(self, held_out: bool) -> list[dict]:
         seen, out = set(), []
