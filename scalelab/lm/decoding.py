@@ -42,27 +42,43 @@ class _Proj:
     On CPU the weight is also packed by oneDNN (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
     freezing pass does): for the few-row matmuls of batched decoding MKL's plain sgemm is slow. Measured on a 2-core
     AVX-512 machine (fp32, 8 rows): (256 -> 4096) 203 -> 53 us, (256 -> 768) 37 -> 18 us; bf16 gains 1.3-2.5x.
-    One-row fp32 products of small weights stay on ``mm`` (8 us vs 14 us, oneDNN's fixed cost), so a single stream
-    loses nothing. Without oneDNN (CUDA, other builds) it is plain ``mm`` / ``addmm``.
+
+    One row (a single stream) is a matrix-vector product bound by reading the weight, and MKL runs it on one core.
+    For fp32 on CPU the weight is also kept split by output columns into one slice per thread, (threads, in,
+    out / threads), and the row goes through ``bmm``, which MKL spreads over the batch: every core reads its slice.
+    The (threads, 1, out / threads) result is the (1, out) row as it lies in memory. Measured (2 threads, weights
+    not in L2): (256 -> 1408) 23 -> 15 us, (256 -> 768) 11 -> 8 us, (256 -> 4096) 134 -> 75 us. Without oneDNN
+    (CUDA, other builds) it is plain ``mm`` / ``addmm``.
     """
 
-    __slots__ = ("w", "packed", "mm_for_one")
+    __slots__ = ("w", "packed", "split")
 
     def __init__(self, w: torch.Tensor, rows_hint: int) -> None:
         """``w`` is (in, out)."""
-        self.w, self.packed = w, None
-        if w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) and _HAS_DNNL:
-            try:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), max(1, rows_hint))
-            except (RuntimeError, AttributeError):  # a build or CPU without oneDNN's packed linear
-                self.packed = None
-        self.mm_for_one = self.packed is None or (w.dtype == torch.float32 and w.numel() < 1 << 20)
-        if not self.mm_for_one:
-            self.w = None  # the packed copy is all we need
+        self.w, self.packed, self.split = w, None, None
+        if w.device.type != "cpu" or not _HAS_DNNL or w.dtype not in (torch.float32, torch.bfloat16):
+            return
+        try:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), max(1, rows_hint))
+        except (RuntimeError, AttributeError):  # a build or CPU without oneDNN's packed linear
+            return
+        parts = torch.get_num_threads()
+        k, n = w.shape
+        if w.dtype == torch.float32 and parts > 1 and n % parts == 0:
+            self.split = w.reshape(k, parts, n // parts).permute(1, 0, 2).contiguous()
+            self.w = None  # one row: the split slices; more rows: the packed copy
+        elif w.dtype != torch.float32:
+            self.w = None  # bf16: oneDNN for every row count
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.mm_for_one and (self.packed is None or x.shape[0] == 1):
-            return torch.mm(x, self.w) if residual is None else torch.addmm(residual, x, self.w)
+        if x.shape[0] == 1 or self.packed is None:
+            if self.split is not None:
+                xs = x.expand(self.split.shape[0], 1, x.shape[1])
+                if residual is None:
+                    return torch.bmm(xs, self.split).view(1, -1)
+                return torch.baddbmm(residual.view(self.split.shape[0], 1, -1), xs, self.split).view(1, -1)
+            if self.w is not None:
+                return torch.mm(x, self.w) if residual is None else torch.addmm(residual, x, self.w)
         if residual is None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, None, "add")
