@@ -182,25 +182,29 @@ class Decoder:
         Runs in the weights' own dtype: an enclosing autocast (a trainer sampling mid-run) is switched off, since the
         packed oneDNN projections take no part in autocast.
         """
-        with torch.autocast(self.device.type, enabled=False):
-            return self._layers_forward(idx, rows, cos, sin, write, attn_end, mask, causal)
+        if torch.is_autocast_enabled(self.device.type):  # entering autocast costs ~10 us: only when needed
+            with torch.autocast(self.device.type, enabled=False):
+                return self._layers_forward(idx, rows, cos, sin, write, attn_end, mask, causal)
+        return self._layers_forward(idx, rows, cos, sin, write, attn_end, mask, causal)
 
     def _layers_forward(self, idx: torch.Tensor, rows: slice, cos: torch.Tensor, sin: torch.Tensor, write,
                         attn_end: int, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         B, T = idx.shape
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
         x = F.embedding(idx.reshape(-1), self.embed)  # (B*T, C)
+        r0, n_v = rows.start, Hkv * hd
+        # (plain narrow/split/view calls: a decode step is ~200 small ops, so Python-side indexing shows)
         for i, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
-            qkv = w_qkv(self._norm(x)).view(B, T, -1)  # (B, T, (H + 2 Hkv) hd)
-            qk = self._rope(qkv[..., : self.n_qk].view(B, T, H + Hkv, hd), cos, sin)  # (B, T, H + Hkv, hd)
-            q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
-            write(i, qk[:, :, H:], qkv[..., self.n_qk:].view(B, T, Hkv, hd))
-            keys = self.k_layers[i][rows, :, :attn_end]  # (B, Hkv, L, hd)
-            values = self.v_layers[i][rows, :, :attn_end]
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=self.gqa)
+            qk, v = w_qkv(self._norm(x)).view(B, T, -1).split((self.n_qk, n_v), -1)  # (B, T, (H + Hkv) hd), ...
+            qk = self._rope(qk.view(B, T, H + Hkv, hd), cos, sin)  # (B, T, H + Hkv, hd)
+            write(i, qk.narrow(2, H, Hkv), v.view(B, T, Hkv, hd))
+            keys = self.k_layers[i].narrow(0, r0, B).narrow(2, 0, attn_end)  # (B, Hkv, L, hd)
+            values = self.v_layers[i].narrow(0, r0, B).narrow(2, 0, attn_end)
+            y = F.scaled_dot_product_attention(qk.narrow(2, 0, H).transpose(1, 2), keys, values, attn_mask=mask,
+                                               is_causal=causal, enable_gqa=self.gqa)  # (B, H, T, hd)
             x = w_o(y.transpose(1, 2).reshape(B * T, H * hd), x)
             gate, up = w_gu(self._norm(x)).split(self.ffn, dim=-1)
-            x = w_down(F.silu(gate) * up, x)
+            x = w_down(F.silu(gate, inplace=True).mul_(up), x)
         last = x.view(B, T, -1)[:, -1]  # (B, C)
         return self.lm_head(self._norm(last)).float()  # (B, V)
 
