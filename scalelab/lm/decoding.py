@@ -204,7 +204,7 @@ class Decoder:
                                                is_causal=causal, enable_gqa=self.gqa)  # (B, H, T, hd)
             x = w_o(y.transpose(1, 2).reshape(B * T, H * hd), x)
             gate, up = w_gu(self._norm(x)).split(self.ffn, dim=-1)
-            x = w_down(F.silu(gate, inplace=True).mul_(up), x)
+            x = w_down(F.silu(gate) * up, x)
         last = x.view(B, T, -1)[:, -1]  # (B, C)
         return self.lm_head(self._norm(last)).float()  # (B, V)
 
