@@ -87,8 +87,10 @@ class Request:
 
     _ids = itertools.count(1)
 
-    def __init__(self, row: _Row, tokenizer: Any, stop_strings: Iterable[str]) -> None:
+    def __init__(self, row: _Row, tokenizer: Any, stop_strings: Iterable[str], wakeups: _Wakeups | None = None,
+                 ) -> None:
         self.id = next(Request._ids)
+        self._wakeups = wakeups if wakeups is not None else _Wakeups(immediate=True)
         self._row = row
         self.prompt_tokens = len(row.prompt)
         self.finish_reason: str | None = None
@@ -191,10 +193,7 @@ class Request:
         if final or self._blocked:  # ``wait()`` callers only care about the end: no thread switch per token
             self._cond.notify_all()
         for loop, event in waiters:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # the reader's loop is closed
-                pass
+            self._wakeups.add(loop, event)
 
     def _emit(self, text: str, finish: str | None = None, error: BaseException | None = None) -> None:
         with self._cond:
@@ -227,6 +226,36 @@ class Request:
         if out:
             self._emit(out)
         return False
+
+
+class _Wakeups:
+    """Asyncio readers to wake, gathered over one engine step and woken with one call per event loop.
+
+    A server streaming to 8 clients would otherwise pay 8 ``call_soon_threadsafe`` (a self-pipe write and a loop
+    turn each) per decode step. ``immediate`` wakes at once (a request made outside an engine).
+    """
+
+    def __init__(self, immediate: bool = False) -> None:
+        self.immediate = immediate
+        self.pending: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
+
+    def add(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        self.pending.setdefault(loop, []).append(event)
+        if self.immediate:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for loop, events in pending.items():
+            try:
+                loop.call_soon_threadsafe(_set_all, events)
+            except RuntimeError:  # the reader's loop is closed
+                pass
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
 
 
 class _EngineRow(_Row):
@@ -265,6 +294,7 @@ class Engine:
         self._closed = False
         self.steps = 0
         self.tokens = 0
+        self._wakeups = _Wakeups()  # flushed by the engine thread after each step
         # The decoder (fused, packed weights and the KV cache) is built by the engine thread itself, so that on CPU
         # its OpenMP thread team is the only busy one when the model was loaded off the main thread (see
         # ``run_in_fresh_thread``).
@@ -318,7 +348,7 @@ class Engine:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens}")
         sampler = Sampler(temperature, top_k, top_p, seed)
         row = _EngineRow(prompt, room if max_tokens is None else min(int(max_tokens), room), sampler, stop_ids)
-        req = row.request = Request(row, self.tokenizer, stop_strings)
+        req = row.request = Request(row, self.tokenizer, stop_strings, self._wakeups)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -369,11 +399,14 @@ class Engine:
                 for i in gone:
                     batch.rows[i].request._emit("", "cancelled")
                 batch.retire(gone)
+                if admit:
+                    self._wakeups.flush()  # first tokens go out before the next step
                 if batch.rows:
                     n = len(batch.rows)
                     batch.step()
                     self.steps += 1
                     self.tokens += n
+                self._wakeups.flush()
         except BaseException as e:  # fail every open request rather than leave its reader hanging
             self._fail(e)
             raise
@@ -386,6 +419,7 @@ class Engine:
             self._waiting.clear()
         for row in rows:
             row.request._emit("", "error" if error is not None else "cancelled", error)
+        self._wakeups.flush()
 
 
 # ------------------------------------------------------------------------------------------------------ loading
