@@ -111,12 +111,19 @@ def _fused_weights(m: GPT) -> tuple[list[tuple[_Proj, _Proj, _Proj, _Proj]], _Pr
             w = w * norm.detach()[:, None]
         return _Proj(w.contiguous() if cpu or norm is not None else w, _PACK_ROWS)
 
+    def pairs_adjacent(w: torch.Tensor) -> torch.Tensor:
+        """Rows of a q or k projection reordered within each head to (0, h, 1, h + 1, ...), h = head_dim / 2."""
+        hd = m.config.head_dim
+        order = torch.arange(hd, device=w.device).view(2, hd // 2).t().reshape(-1)
+        return w.view(-1, hd, w.shape[1])[:, order].reshape(w.shape)
+
     with torch.no_grad():
         layers = []
         for blk in m.layers:
             a, mlp = blk.self_attn, blk.mlp
+            q, k = pairs_adjacent(a.q_proj.weight), pairs_adjacent(a.k_proj.weight)
             layers.append((
-                proj(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), blk.input_layernorm.weight),
+                proj(torch.cat([q, k, a.v_proj.weight]), blk.input_layernorm.weight),
                 proj(a.o_proj.weight),
                 proj(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), blk.post_attention_layernorm.weight),
                 proj(mlp.down_proj.weight),
@@ -151,10 +158,10 @@ class Decoder:
             self.embed = emb.detach()
             self.layers, self.lm_head = _fused_weights(m)
             half = self.head_dim // 2
-            # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]: one roll instead of two slices, neg and cat
-            self.cos = m.rope_cos[: self.max_len].float().contiguous()
-            sin = m.rope_sin[: self.max_len].float()
-            self.sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1).contiguous()
+            # RoPE as one complex product: the fused q/k weights put each rotated pair (i, i + half) side by side
+            # (``_fused_weights``), queries and keys alike, so their dot products are unchanged.
+            self.rot = torch.complex(m.rope_cos[: self.max_len, :half].float(),
+                                     m.rope_sin[: self.max_len, :half].float())  # (T, half): e^{i pos theta_j}
             self._eps = torch.tensor(self.eps, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             shape = (cfg.n_layer, max_batch, cfg.n_kv_head, self.max_len, cfg.head_dim)
@@ -171,11 +178,14 @@ class Decoder:
         scale = torch.addcmul(self._eps, n, n, value=1.0 / self.n_embd).rsqrt_()
         return (x * scale).to(self.dtype) if self._cast else x * scale
 
-    def _rope(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        out = torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, dims=-1), sin)
+    def _rope(self, qk: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+        """qk (B, T, heads, hd), rotated pairs adjacent, times e^{i pos theta}; rot broadcasts to (B, T, 1, hd/2)."""
+        B, T, n, hd = qk.shape
+        z = torch.view_as_complex(qk.float().reshape(B, T, n, hd // 2, 2)) * rot
+        out = torch.view_as_real(z).view(B, T, n, hd)
         return out.to(qk.dtype) if self._cast else out
 
-    def _forward(self, idx: torch.Tensor, rows: slice, cos: torch.Tensor, sin: torch.Tensor, write, attn_end: int,
+    def _forward(self, idx: torch.Tensor, rows: slice, rot: torch.Tensor, write, attn_end: int,
                  mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         """idx (B, T) -> last-token logits (B, V); ``write(layer, k, v)`` stores the new keys/values.
 
@@ -184,10 +194,10 @@ class Decoder:
         """
         if torch.is_autocast_enabled(self.device.type):  # entering autocast costs ~10 us: only when needed
             with torch.autocast(self.device.type, enabled=False):
-                return self._layers_forward(idx, rows, cos, sin, write, attn_end, mask, causal)
-        return self._layers_forward(idx, rows, cos, sin, write, attn_end, mask, causal)
+                return self._layers_forward(idx, rows, rot, write, attn_end, mask, causal)
+        return self._layers_forward(idx, rows, rot, write, attn_end, mask, causal)
 
-    def _layers_forward(self, idx: torch.Tensor, rows: slice, cos: torch.Tensor, sin: torch.Tensor, write,
+    def _layers_forward(self, idx: torch.Tensor, rows: slice, rot: torch.Tensor, write,
                         attn_end: int, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         B, T = idx.shape
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
@@ -196,7 +206,7 @@ class Decoder:
         # (plain narrow/split/view calls: a decode step is ~200 small ops, so Python-side indexing shows)
         for i, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
             qk, v = w_qkv(self._norm(x)).view(B, T, -1).split((self.n_qk, n_v), -1)  # (B, T, (H + Hkv) hd), ...
-            qk = self._rope(qk.view(B, T, H + Hkv, hd), cos, sin)  # (B, T, H + Hkv, hd)
+            qk = self._rope(qk.view(B, T, H + Hkv, hd), rot)  # (B, T, H + Hkv, hd)
             write(i, qk.narrow(2, H, Hkv), v.view(B, T, Hkv, hd))
             keys = self.k_layers[i].narrow(0, r0, B).narrow(2, 0, attn_end)  # (B, Hkv, L, hd)
             values = self.v_layers[i].narrow(0, r0, B).narrow(2, 0, attn_end)
@@ -217,8 +227,7 @@ class Decoder:
         if start + T > self.max_len:
             raise ValueError(f"{start + T} tokens exceed the context length of {self.max_len}")
         idx = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        cos = self.cos[start:start + T][None, :, None]  # (1, T, 1, hd)
-        sin = self.sin[start:start + T][None, :, None]
+        rot = self.rot[start:start + T][None, :, None]  # (1, T, 1, hd/2)
 
         def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
             self.k[i, row, :, start:start + T] = k[0].transpose(0, 1)
@@ -228,7 +237,7 @@ class Decoder:
         if start > 0:  # attend to the cached prefix and causally within the new tokens
             mask = torch.arange(start + T, device=self.device)[None] <= torch.arange(start, start + T,
                                                                                   device=self.device)[:, None]
-        logits = self._forward(idx, slice(row, row + 1), cos, sin, write, start + T, mask, causal=start == 0)
+        logits = self._forward(idx, slice(row, row + 1), rot, write, start + T, mask, causal=start == 0)
         self.lengths[row] = start + T
         return logits
 
@@ -242,7 +251,7 @@ class Decoder:
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
         lo, hi = min(lengths), max(lengths)
         if lo == hi:  # all rows at one position (always so for one row): slices, no mask
-            cos, sin = self.cos[lo:lo + 1][None, :, None], self.sin[lo:lo + 1][None, :, None]
+            rot = self.rot[lo:lo + 1][None, :, None]
 
             def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
                 self.k_layers[i][:n, :, lo] = k[:, 0]
@@ -251,7 +260,7 @@ class Decoder:
             mask = None
         else:
             pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
-            cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (n, 1, 1, hd)
+            rot = self.rot[pos][:, None, None]  # (n, 1, 1, hd/2)
             rows = torch.arange(n, device=self.device)
 
             def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -259,7 +268,7 @@ class Decoder:
                 self.v_layers[i][rows, :, pos] = v[:, 0]
 
             mask = (torch.arange(hi + 1, device=self.device)[None] <= pos[:, None])[:, None, None]  # (n, 1, 1, L)
-        logits = self._forward(idx, slice(0, n), cos, sin, write, hi + 1, mask, causal=False)
+        logits = self._forward(idx, slice(0, n), rot, write, hi + 1, mask, causal=False)
         for r in range(n):
             self.lengths[r] += 1
         return logits
