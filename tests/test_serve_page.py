@@ -146,3 +146,20 @@ def test_page_asks_for_the_key_when_required(app, browser_page):
         page.keyboard.press("Enter")
         page.wait_for_selector(".msg.assistant:not(.streaming) .meta", timeout=60_000)
         assert page.locator(".msg.error").count() == 1
+
+
+def test_page_fits_max_tokens_into_the_context(tmp_path, browser_page):
+    """Max tokens equal to the whole context (as with the demo model: 256 of 256) still gets a reply: the page asks
+    again with the room the server says is left, instead of showing the 400."""
+    run = make_chat_run(tmp_path / "short", max_seq_len=64)
+    app = build_app(ServeConfig(run=str(run), max_tokens_limit=64, device="cpu", dtype="fp32"))
+    page, _ = browser_page
+    with live_server(app) as url:
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('64 ctx')")
+        page.fill("#max-tokens", "64")
+        page.fill("#input", "Hello there, who are you?")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".msg.assistant:not(.streaming)", timeout=60_000)  # finished, well or not
+        assert page.locator(".msg.error").count() == 0, page.inner_text(".msg.assistant .bubble")
+        assert "tokens" in page.inner_text(".msg.assistant .meta")

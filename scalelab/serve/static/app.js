@@ -59,6 +59,16 @@ async function errorText(resp) {
   return `HTTP ${resp.status}`;
 }
 
+// How many new tokens fit, from a 400 "context_length_exceeded" on max_tokens ("... at most N ..."); 0 otherwise.
+async function roomLeft(resp) {
+  try {
+    const err = (await resp.json()).error;
+    const m = err && err.code === "context_length_exceeded" && /^max_/.test(err.param || "")
+      ? /at most (\d+)/.exec(err.message) : null;
+    return m ? +m[1] : 0;
+  } catch (_) { return 0; }
+}
+
 function needKey(message) {
   $("api-key-field").hidden = false;
   $("api-key").focus();
@@ -103,13 +113,20 @@ async function send(text) {
   setBusy(true);
   setStatus("Generating…");
   try {
-    const resp = await fetch("/v1/chat/completions", {
+    // "Max tokens" is an upper bound: when prompt + max tokens would pass the context, the server says how many
+    // fit, and the request goes again with that many (a small model's context fills within a few turns).
+    const post = (maxTokens) => fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), signal: state.abort.signal,
       body: JSON.stringify({
         model: state.model || undefined, messages, stream: true, stream_options: { include_usage: true },
-        temperature: +$("temperature").value, max_tokens: Math.max(1, Math.floor(+$("max-tokens").value || 1)),
+        temperature: +$("temperature").value, max_tokens: maxTokens,
       }),
     });
+    let resp = await post(Math.max(1, Math.floor(+$("max-tokens").value || 1)));
+    if (resp.status === 400) {
+      const fits = await roomLeft(resp.clone());
+      if (fits > 0) resp = await post(fits);
+    }
     if (resp.status === 401) { failed = await errorText(resp); needKey(failed); }
     else if (!resp.ok) failed = await errorText(resp);
     else {
