@@ -137,11 +137,12 @@ class Decoder:
     """Inference-only forward of a ``GPT`` with fused weights and its own KV cache of ``max_batch`` rows.
 
     Same math as ``GPT.forward`` (tests check the logits), fewer kernel launches: q/k/v and gate/up are one matmul
-    each, the residual adds ride on ``addmm``, RMSNorm weights are folded into the next projection, RoPE is three
-    ops for q and k together. The cache is laid out (layer, row, kv_head, position, head_dim) so attention reads
-    each row's prefix without copies. ``lengths[r]`` is how many tokens row r holds. The weights are copied at
-    fusion (about one model's worth of memory on CPU) and cached per model until its weights change (see
-    ``_fused_weights``), so building a decoder per request is cheap.
+    each, the residual adds ride on the projection, RMSNorm weights are folded into the next projection, RoPE is one
+    complex product for q and k together (their weight rows reordered so rotated pairs sit side by side). The cache
+    is laid out (layer, row, kv_head, position, head_dim) so attention reads each row's prefix without copies.
+    ``lengths[r]`` is how many tokens row r holds. The weights are copied at fusion (on CPU about two models' worth:
+    the packed copy for several rows and the per-thread slices for one, see ``_Proj``) and cached per model until
+    its weights change (``_fused_weights``), so building a decoder per request is cheap.
     """
 
     def __init__(self, model: torch.nn.Module, max_batch: int = 1, max_len: int | None = None) -> None:
