@@ -375,3 +375,25 @@ def test_decoding_inside_a_training_autocast_region() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert list(generate(model, prompt, 12, temperature=0)) == expected
         assert generate_batch(model, [prompt, prompt[:3]], 12, temperature=0)[0] == expected
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_row_projection_paths_match_the_model(threads: int) -> None:
+    """One row goes through per-thread weight slices (bmm) when torch has several threads, plain mm otherwise."""
+    from scalelab.lm.decoding import _fused_weights
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = random_model(seed=threads)  # a new model: fused weights are cached per model
+        layers, lm_head = _fused_weights(model)
+        assert (layers[0][0].split is not None) == (threads > 1 and torch.backends.mkldnn.is_available())
+        seq = torch.randint(0, 97, (7,)).tolist()
+        dec = Decoder(model, max_batch=1)
+        with torch.no_grad():
+            dec.prefill(0, seq[:-1])
+            got = dec.decode([seq[-1]])[0]
+            ref = model(torch.tensor([seq]))[0][0, -1]
+        assert (got - ref).abs().max() < 1e-4
+    finally:
+        torch.set_num_threads(before)
