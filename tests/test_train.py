@@ -254,3 +254,23 @@ def test_time_budget_replans_and_completes_decay(tmp_path: Path, byte_run: Path,
 
     assert load_trainer_state(Path(out["checkpoint"]))["total_steps"] == total  # a resume continues this plan
     print(f"elapsed {out['elapsed_s']:.2f} s of {budget_s} s, plans {plans[:3]}..{plans[-3:]}")
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A machine where torch.compile cannot work (no C++ compiler...) still trains, with a warning."""
+
+    class Broken(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda mod, *a, **k: Broken(mod))
+    run = make_byte_run(tmp_path / "r")
+    out = train(tiny(run, max_steps=3, compile=True))
+    assert out["step"] == 3
+    printed = capsys.readouterr()
+    warning = "torch.compile failed (RuntimeError: InductorError: no working C++ compiler found)"
+    assert warning in printed.out + printed.err

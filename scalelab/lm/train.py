@@ -243,8 +243,9 @@ class _Trainer:
             self.loss_mod = self.ddp
         else:
             self.loss_mod, self.ddp = LossSum(model), None
+        self._eager_mod: nn.Module | None = None  # set while a compiled module has not run yet
         if cfg.compile:
-            self.loss_mod = torch.compile(self.loss_mod)
+            self._eager_mod, self.loss_mod = self.loss_mod, torch.compile(self.loss_mod)
         self.opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
         self.scaler = torch.amp.GradScaler(self.dev_type, enabled=self.dtype == "fp16")
 
@@ -326,9 +327,25 @@ class _Trainer:
         y = y.to(self.device, non_blocking=True)
         with self._sync_grads(last):
             with self._autocast():
-                loss_sum = self.loss_mod(x, y)
+                loss_sum = self._forward_loss(x, y)
             self.scaler.scale(loss_sum * scale).backward()
         return loss_sum.detach()
+
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss module's forward; if torch.compile fails on its first call (no C++ compiler, an unsupported
+        platform...), say so and go on eagerly: a real error in the model or data then raises again, eagerly."""
+        if self._eager_mod is None:
+            return self.loss_mod(x, y)
+        try:
+            out = self.loss_mod(x, y)
+        except Exception as e:  # any compile failure; eager reruns the same call
+            first = (str(e).splitlines() or [""])[0][:200]
+            print0(f"warning: torch.compile failed ({type(e).__name__}: {first}); continuing without it "
+                   "(--compile false skips the attempt)")
+            self.loss_mod = self._eager_mod
+            out = self.loss_mod(x, y)
+        self._eager_mod = None
+        return out
 
     def _dry_step(self) -> None:
         x, y = self.source.next_batch(0, 0)
