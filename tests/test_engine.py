@@ -397,3 +397,13 @@ def test_one_row_projection_paths_match_the_model(threads: int) -> None:
         assert (got - ref).abs().max() < 1e-4
     finally:
         torch.set_num_threads(before)
+
+
+def test_trainer_samples_do_not_keep_a_decoding_copy_of_the_weights() -> None:
+    from scalelab.lm.decoding import _FUSED
+    from scalelab.lm.trainlog import sample_completions
+
+    model = random_model(seed=5)
+    out = sample_completions(model, ["", "x"], None, 4, seed=0)
+    assert len(out) == 2 and all("completion" in o for o in out)
+    assert model not in _FUSED  # released: training would change the weights before the next sample

@@ -88,6 +88,12 @@ _PACK_ROWS = 8  # the row count oneDNN lays packed weights out for (measured: 1,
 _FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # GPT -> (weights' identity, fused weights)
 
 
+def release_fused_weights(model: torch.nn.Module) -> None:
+    """Drop the cached decoding copy of ``model``'s weights (a trainer that samples now and then calls this: the
+    weights change before the next sample anyway, and the copy is about twice the model's size on CPU)."""
+    _FUSED.pop(_unwrap(model), None)
+
+
 def _fused_weights(m: GPT) -> tuple[list[tuple[_Proj, _Proj, _Proj, _Proj]], _Proj]:
     """Per layer (qkv, o, gate_up, down) projections and the output layer, laid out for ``Decoder``.
 

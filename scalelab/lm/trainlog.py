@@ -108,4 +108,8 @@ def sample_completions(model, prompts: list[str], tokenizer_path: Path | None, m
             new = list(_fallback_generate(model, ids, max_new_tokens, **kwargs))
         text = tok.decode(new, skip_special_tokens=False) if tok is not None else " ".join(map(str, new))
         out.append({"prompt": prompt, "completion": text})
+    if generate is not None:
+        from scalelab.lm.decoding import release_fused_weights
+
+        release_fused_weights(model)  # training changes the weights before the next sample: free the copy now
     return out
