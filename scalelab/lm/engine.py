@@ -45,6 +45,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,10 +89,9 @@ class Request:
 
     _ids = itertools.count(1)
 
-    def __init__(self, row: _Row, tokenizer: Any, stop_strings: Iterable[str], wakeups: _Wakeups | None = None,
-                 ) -> None:
+    def __init__(self, row: _Row, tokenizer: Any, stop_strings: Iterable[str], wakeups: _Wakeups) -> None:
         self.id = next(Request._ids)
-        self._wakeups = wakeups if wakeups is not None else _Wakeups(immediate=True)
+        self._wakeups = wakeups
         self._row = row
         self.prompt_tokens = len(row.prompt)
         self.finish_reason: str | None = None
@@ -233,17 +233,14 @@ class _Wakeups:
     """Asyncio readers to wake, gathered over one engine step and woken with one call per event loop.
 
     A server streaming to 8 clients would otherwise pay 8 ``call_soon_threadsafe`` (a self-pipe write and a loop
-    turn each) per decode step. ``immediate`` wakes at once (a request made outside an engine).
+    turn each) per decode step.
     """
 
-    def __init__(self, immediate: bool = False) -> None:
-        self.immediate = immediate
+    def __init__(self) -> None:
         self.pending: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
 
     def add(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
         self.pending.setdefault(loop, []).append(event)
-        if self.immediate:
-            self.flush()
 
     def flush(self) -> None:
         pending, self.pending = self.pending, {}
@@ -434,21 +431,8 @@ def run_in_fresh_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     wake-up per kernel. Loading in a thread that exits frees its team. Measured on 2 cores (5.3M-parameter model,
     batch-8 decode step in the engine thread): model built in the main thread 2.20 ms, in a finished thread 1.25 ms.
     """
-    out: list[Any] = []
-
-    def call() -> None:
-        try:
-            out.append((True, fn(*args, **kwargs)))
-        except BaseException as e:  # handed to the caller
-            out.append((False, e))
-
-    t = threading.Thread(target=call, name="scalelab-load")
-    t.start()
-    t.join()
-    ok, value = out[0]
-    if not ok:
-        raise value
-    return value
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalelab-load") as pool:  # its thread ends on exit
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def load_for_inference(run: str | Path, stage: str | None = None, device: str = "auto", dtype: str = "auto",
