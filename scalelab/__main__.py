@@ -6,9 +6,10 @@ Modules are imported only when their command runs, so `scalelab --help` is insta
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-from scalelab.common import UsageError
+from scalelab.common import UsageError, dist_info
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "curves": ("scalelab.cli.curves", "learning curves: MLP vs classical baselines over training-set size"),
@@ -34,6 +35,20 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    if dist_info().enabled and "torch.distributed" in sys.modules:
+        # A torchrun worker ends here without interpreter finalization. Gloo's worker threads can still hold the last
+        # reference to a finished collective (a barrier keeps weak references to earlier work); freeing it decrefs a
+        # Python tensor, and doing that during finalization aborts the process ("terminate called without an active
+        # exception", seen in about 1 in 15 CPU runs under load; pytorch/pytorch PR 179291). Everything the run
+        # writes is closed and renamed into place by now, and the process group was destroyed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
