@@ -90,3 +90,23 @@ def test_unshardable_model_is_a_clean_error(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "scalelab pretrain: error: --parallel fsdp: parameter" in out.stderr, out.stderr
     assert "/scalelab/" not in out.stderr  # torchrun reports the failed child, but no traceback from our code
+
+
+def test_a_torchrun_worker_skips_interpreter_finalization(monkeypatch, capsys) -> None:
+    """Under torchrun the CLI ends with os._exit (gloo can abort a process that finalizes; see __main__.main);
+    outside torchrun it returns normally."""
+    import scalelab.__main__ as cli
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    import torch.distributed  # noqa: F401  (what a training run has imported)
+
+    assert cli.main(["--help"]) == 0 and exits == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cli.main(["no-such-command"])
+    assert exits == [2]
+    capsys.readouterr()
