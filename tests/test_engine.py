@@ -299,6 +299,28 @@ def test_engine_text_stop_ids_stop_strings_and_async(tok) -> None:
             engine.submit([bos], top_p=0)
 
 
+def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
+    """The first text at once, then every k deltas, then the end: fewer, longer deltas; the same text."""
+    model = random_model()
+    prompt = torch.randint(6, 97, (5,)).tolist()
+
+    def deltas(interval: int) -> tuple[list[str], int]:
+        with Engine(model, tok, max_batch=2, stream_interval=interval) as engine:
+            async def collect() -> tuple[list[str], int]:
+                req = engine.submit(prompt, max_tokens=40, temperature=0)
+                return [d async for d in req], req.completion_tokens
+            return asyncio.run(collect())
+
+    every, n = deltas(1)
+    assert n == 40
+    for interval in (4, 1000):
+        got, _ = deltas(interval)
+        assert "".join(got) == "".join(every) and got[0] == every[0]
+        assert len(got) <= 2 + (n - 1) // interval  # woken every k deltas (+ the first and the end)
+    with pytest.raises(ValueError, match="stream_interval"):
+        Engine(model, stream_interval=0)
+
+
 def test_engine_cancel_and_queue_full() -> None:
     model = random_model(max_seq_len=4096)
     engine = Engine(model, max_batch=1, max_queue=2)

@@ -57,6 +57,8 @@ class ServeConfig:
     max_tokens_limit: int = field(default=512, metadata={"help": "largest max_tokens a request may ask for (tokens)"})
     max_batch: int = field(default=16, metadata={"help": "sequences decoded together in one batch"})
     max_queue: int = field(default=64, metadata={"help": "requests waiting for a batch slot; more answer 429"})
+    stream_interval: int = field(default=1, metadata={
+        "help": "tokens per streamed event after the first (1 = every token; more = fewer writes, more throughput)"})
     max_request_bytes: int = field(default=1_000_000, metadata={"help": "largest request body (bytes); more is 413"})
     cors_origin: list[str] = field(default_factory=list, metadata={
         "help": "origins allowed to call the API from a browser (e.g. http://localhost:3000); none = no CORS"})
@@ -71,7 +73,7 @@ class ServeConfig:
     def check(self) -> None:
         if not self.run:
             raise UsageError("--run is required (a run folder with tokenizer/ and a checkpoint)")
-        for name in ("max_tokens_limit", "max_batch", "max_queue", "max_request_bytes"):
+        for name in ("max_tokens_limit", "max_batch", "max_queue", "max_request_bytes", "stream_interval"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -427,7 +429,8 @@ def build_app(cfg: ServeConfig) -> FastAPI:
         raise UsageError(f"{run}: no such run folder")
     # loaded off the main thread so that only the engine thread runs torch's OpenMP (see run_in_fresh_thread)
     model, tokenizer, _step = run_in_fresh_thread(load_for_inference, run, cfg.stage or None, cfg.device, cfg.dtype)
-    engine = Engine(model, tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
+    engine = Engine(model, tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
+                    stream_interval=cfg.stream_interval)
     served = Served(engine=engine, tokenizer=tokenizer, model_id=cfg.model_name or run.resolve().name,
                     context_length=engine.context_length, max_tokens_limit=cfg.max_tokens_limit,
                     api_key=cfg.resolved_api_key())
