@@ -149,8 +149,13 @@ def last_level_cache_bytes() -> int:
     return max(sizes, default=32 << 20)
 
 
-def resolve_inference_dtype(name: str, device: str, n_params: int) -> str:
+INFERENCE_DTYPE_HELP = "auto (bf16 where fast; fp32 on CPU for models the cache holds), fp32, bf16 or fp16"
+
+
+def resolve_inference_dtype(name: str, device: str, n_params: int | None) -> str:
     """``resolve_dtype`` for generation: on CPU, 'auto' keeps fp32 while the fp32 weights fit in the last-level cache.
+
+    ``n_params`` None (the size not known yet) gives the dtype to load in: fp32 where the size will decide.
 
     Decoding reads every weight once per step. Weights that stay in the cache are read fast, and there bf16's
     conversions and oneDNN's fixed cost per matmul lose; beyond the cache, halving the bytes wins. Measured on a
@@ -159,7 +164,7 @@ def resolve_inference_dtype(name: str, device: str, n_params: int) -> str:
     """
     chosen = resolve_dtype(name, device)
     if (name or "auto").lower() == "auto" and device == "cpu" and chosen == "bf16":
-        return "fp32" if 4 * n_params <= last_level_cache_bytes() else "bf16"
+        return "fp32" if n_params is None or 4 * n_params <= last_level_cache_bytes() else "bf16"
     return chosen
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from scalelab.cli import check_generation_flags
-from scalelab.common import UsageError
+from scalelab.common import INFERENCE_DTYPE_HELP, UsageError
 from scalelab.config import parse_config
 
 HELP = """commands:
@@ -45,8 +45,7 @@ class ChatConfig:
     top_p: float = field(default=1.0, metadata={"help": "nucleus: smallest set with this probability mass; 1 = off"})
     seed: int = field(default=-1, metadata={"help": "random seed (reply i uses seed + i); -1 = random"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={
-        "help": "auto (bf16 where fast; fp32 on CPU for models the cache holds), fp32, bf16 or fp16"})
+    dtype: str = field(default="auto", metadata={"help": INFERENCE_DTYPE_HELP})
 
     def check(self) -> None:
         check_generation_flags(self, ("chat", "base"))

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from scalelab.cli import check_generation_flags
-from scalelab.common import UsageError
+from scalelab.common import INFERENCE_DTYPE_HELP, UsageError
 from scalelab.config import parse_config
 
 
@@ -33,8 +33,7 @@ class SampleConfig:
     seed: int = field(default=-1, metadata={"help": "random seed (sample i uses seed + i); -1 = random"})
     num_samples: int = field(default=1, metadata={"help": "how many samples, one after another"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={
-        "help": "auto (bf16 where fast; fp32 on CPU for models the cache holds), fp32, bf16 or fp16"})
+    dtype: str = field(default="auto", metadata={"help": INFERENCE_DTYPE_HELP})
 
     def check(self) -> None:
         check_generation_flags(self, ("base", "chat"))

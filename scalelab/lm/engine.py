@@ -283,8 +283,7 @@ class Engine:
     fast tokenizer) is needed for text deltas and stop strings; without it the requests carry ids only.
     ``stream_interval`` k > 1 wakes readers every k deltas (the first at once, and the end), each delta then
     holding k tokens' text: a server writes k times fewer stream events, which on a CPU machine leaves the cores to
-    decoding (vLLM's ``--stream-interval``). Thread-safe; use as a
-    context manager or call ``close()``.
+    decoding (vLLM's ``--stream-interval``). Thread-safe; use as a context manager or call ``close()``.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any = None, device: str | torch.device | None = None,
@@ -455,14 +454,12 @@ def load_for_inference(run: str | Path, stage: str | None = None, device: str = 
     parents. ``device`` as in ``scalelab.common``; ``dtype`` "auto" is ``resolve_inference_dtype`` (bf16 where the
     device does it fast, but fp32 on a CPU whose last-level cache holds the fp32 weights).
     """
-    from scalelab.common import UsageError, resolve_device, resolve_dtype, resolve_inference_dtype, torch_dtype
+    from scalelab.common import UsageError, resolve_device, resolve_inference_dtype, torch_dtype
     from scalelab.lm.checkpoint import load_model
     from scalelab.lm.tokenizer import load_tokenizer
 
     dev = resolve_device(device)
-    wanted = resolve_dtype(dtype, dev)  # checks the name before anything loads
-    if (dtype or "auto").lower() == "auto" and dev == "cpu":
-        wanted = "fp32"  # full precision first; the model's size decides below
+    wanted = resolve_inference_dtype(dtype, dev, None)  # checks the name before anything loads; fp32 if size decides
     model, _meta, step_dir = load_model(run, stage=stage, device=dev, dtype=torch_dtype(wanted))
     chosen = resolve_inference_dtype(dtype, dev, model.num_params())
     if chosen != wanted:

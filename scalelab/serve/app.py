@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scalelab.common import UsageError
+from scalelab.common import INFERENCE_DTYPE_HELP, UsageError
 from scalelab.lm.special_tokens import BOS, END
 from scalelab.serve import schemas
 from scalelab.serve.schemas import APIError, ChatCompletionRequest, CompletionRequest
@@ -63,8 +63,7 @@ class ServeConfig:
     cors_origin: list[str] = field(default_factory=list, metadata={
         "help": "origins allowed to call the API from a browser (e.g. http://localhost:3000); none = no CORS"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={
-        "help": "auto (bf16 where fast; fp32 on CPU for models the cache holds), fp32, bf16 or fp16"})
+    dtype: str = field(default="auto", metadata={"help": INFERENCE_DTYPE_HELP})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level (warning hides request lines)"})
 
     def resolved_api_key(self) -> str:
