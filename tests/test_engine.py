@@ -227,6 +227,26 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
             Sampler(**bad)
 
 
+def test_sampled_frequencies_follow_the_filtered_softmax() -> None:
+    """Draws follow softmax(logits / T) restricted by top-k / top-p and renormalised (4,000 draws a setting)."""
+    from scalelab.lm.decoding import sample_rows
+
+    logits = torch.tensor([2.0, 1.5, 1.5, 0.5, 0.0, -1.0, -3.0, 1.0])
+    n = 4000
+    for kw, support in ((dict(temperature=0.7), range(8)), (dict(temperature=1.3, top_k=3), [0, 1, 2]),
+                        (dict(temperature=1.0, top_p=0.8), [0, 1, 2, 7])):
+        p = torch.softmax(logits / kw["temperature"], -1)
+        expected = torch.zeros(8)
+        expected[list(support)] = p[list(support)] / p[list(support)].sum()
+        draws = sample_rows(logits.expand(n, 8).contiguous(), [Sampler(**kw, seed=s) for s in range(n)])
+        freq = torch.bincount(torch.tensor(draws), minlength=8).float() / n
+        tolerance = 4 * (expected * (1 - expected) / n).sqrt() + 1e-9
+        assert ((freq - expected).abs() <= tolerance).all(), (kw, freq, expected)
+    # greedy: the first of tied maxima, as torch.argmax
+    tied = torch.tensor([[0.0, 3.0, 3.0, 1.0], [5.0, 5.0, 5.0, 5.0]])
+    assert sample_rows(tied, [Sampler(0.0), Sampler(0.0)]) == tied.argmax(-1).tolist() == [1, 0]
+
+
 def test_text_stream_never_emits_broken_utf8(tok) -> None:
     text = "héllo 🙂 wörld ✓ 12 + 34"
     ids = tok.encode(text).ids

@@ -13,6 +13,7 @@ Tested against ``GPT.forward`` in tests/test_engine.py (``.venv/bin/pytest tests
 
 from __future__ import annotations
 
+import random
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -299,12 +300,13 @@ class Decoder:
 # ------------------------------------------------------------------------------------------------------ sampling
 
 class Sampler:
-    """Temperature, top-k and top-p (nucleus) sampling with a private CPU ``torch.Generator`` (seeded or random).
+    """Temperature, top-k and top-p (nucleus) sampling with a private ``random.Random`` (seeded or random).
 
     ``temperature`` 0 is greedy (argmax); ``top_k`` 0 and ``top_p`` 1.0 disable those filters. Invalid values raise
     ValueError with the offending name, so a server can answer 400. A draw is one uniform number from the
     generator, inverted through the filtered distribution's CDF, so rows with different settings are sampled in one
-    batched pass (``sample_rows``) and a seeded request gives the same tokens alone or batched.
+    batched pass (``sample_rows``) and a seeded request gives the same tokens alone or batched. (Python's generator:
+    eight ``torch.rand`` draws with private torch generators cost 13 us a step, eight ``random()`` calls 3 us.)
     """
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> None:
@@ -316,27 +318,44 @@ class Sampler:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
         self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
         self.greedy = self.temperature == 0.0 or self.top_k == 1
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(int(seed) % (2**63))
+        self.rng = random.Random(None if seed is None else int(seed))  # None: seeded from the OS
 
     def uniform(self) -> float:
-        return float(torch.rand((), generator=self.generator))
+        return self.rng.random()
 
     def __call__(self, logits: torch.Tensor) -> int:
         """One token id from logits of shape (V,) (or (1, V))."""
         logits = logits.reshape(1, -1)
         if self.greedy:
-            return int(logits.argmax())
+            return _argmax(logits)[0]
         return sample_rows(logits, [self])[0]
+
+
+def _argmax(x: torch.Tensor) -> list[int]:
+    """Each row's index of its largest value (the first one on ties, NaN counting as largest, as torch does). On CPU
+    through NumPy's vectorised argmax: (8, 4096) fp32 measured 3 us against torch's 21-35 us."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return x.detach().numpy().argmax(-1).tolist()
+    return x.argmax(-1).tolist()
+
+
+def _kth_largest(x: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """(n, 1): row i's ``ks[i]``-th largest value, or -inf where ``ks[i]`` >= V (no top-k). On CPU one NumPy
+    ``partition`` per row: (8, 4096) with k = 50 measured 21 us against ``torch.topk``'s 47-62 us."""
+    n, V = x.shape
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        kth = torch.topk(x, max(k for k in ks if k < V)).values
+        kth = kth.gather(1, torch.tensor([min(k, kth.shape[1]) - 1 for k in ks], device=x.device)[:, None])
+        return kth.masked_fill(torch.tensor([k >= V for k in ks], device=x.device)[:, None], float("-inf"))
+    xs = x.detach().numpy()
+    return torch.tensor([[float(np.partition(xs[i], V - k)[V - k]) if k < V else float("-inf")]
+                         for i, k in enumerate(ks)])
 
 
 def _sorted_desc(probs: torch.Tensor) -> torch.Tensor:
     """Each row's values, largest first. On CPU through NumPy: torch's CPU sort of (8, 4096) measured ~14x slower."""
     if probs.device.type == "cpu":
-        return torch.from_numpy(-np.sort(-probs.numpy(), axis=-1))
+        return torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
     return torch.sort(probs, dim=-1, descending=True).values
 
 
@@ -353,7 +372,7 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     dev = logits.device
     greedy = [s.greedy for s in samplers]
     if all(greedy):
-        return logits.argmax(-1).tolist()
+        return _argmax(logits)
     temps = [1.0 if g else s.temperature for s, g in zip(samplers, greedy)]
     ks = [V if g or not 0 < s.top_k < V else s.top_k for s, g in zip(samplers, greedy)]
     ps = [1.0 if g else s.top_p for s, g in zip(samplers, greedy)]
@@ -361,12 +380,8 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     x = logits.float()
     if any(t != 1.0 for t in temps):
         x = x / torch.tensor(temps, device=dev)[:, None]
-    ninf = float("-inf")
     if min(ks) < V:  # top-k: a threshold at each row's k-th largest (ties with it stay)
-        kth = torch.topk(x, max(k for k in ks if k < V)).values
-        kth = kth.gather(1, torch.tensor([min(k, kth.shape[1]) - 1 for k in ks], device=dev)[:, None])
-        kth = kth.masked_fill(torch.tensor([k >= V for k in ks], device=dev)[:, None], ninf)
-        x = x.masked_fill(x < kth, ninf)
+        x = x.masked_fill(x < _kth_largest(x, ks).to(dev), float("-inf"))
     probs = torch.softmax(x, dim=-1)
     if min(ps) < 1.0:  # top-p: a probability cut-off, the smallest of the largest tokens whose mass reaches top_p
         top = _sorted_desc(probs)
@@ -378,9 +393,11 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     ok = probs.gather(1, choice.clamp_(max=V - 1)) > 0
     if not bool(ok.all()):
         choice = torch.where(ok, choice, probs.argmax(-1, keepdim=True))
+    out = choice[:, 0].tolist()
     if any(greedy):
-        choice = torch.where(torch.tensor(greedy, device=dev)[:, None], logits.argmax(-1, keepdim=True), choice)
-    return choice[:, 0].tolist()
+        best = _argmax(logits)
+        out = [b if g else c for b, c, g in zip(best, out, greedy)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ text
