@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -102,10 +103,15 @@ def one_thread():
 
 # ------------------------------------------------------------------------------------------------------ decoding
 
+@pytest.mark.parametrize("kernels", ["scalelab CPU kernels", "torch only"])
 @pytest.mark.parametrize("n_kv_head", [4, 2])
-def test_decoder_logits_match_model_forward_with_ragged_rows(n_kv_head: int) -> None:
+def test_decoder_logits_match_model_forward_with_ragged_rows(n_kv_head: int, kernels: str) -> None:
+    from scalelab.lm import cpu_kernels
+
     model = random_model(n_kv_head=n_kv_head)
-    dec = Decoder(model, max_batch=3)
+    with contextlib.nullcontext() if kernels == "scalelab CPU kernels" else cpu_kernels.disabled():
+        dec = Decoder(model, max_batch=3)
+    assert dec._kernel_attn == (kernels == "scalelab CPU kernels" and cpu_kernels.available())
     seqs = [torch.randint(0, 97, (n,)).tolist() for n in (5, 11, 1)]
     with torch.no_grad():
         for row, s in enumerate(seqs):
@@ -423,21 +429,25 @@ def test_decoding_inside_a_training_autocast_region() -> None:
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_one_row_projection_paths_match_the_model(threads: int) -> None:
-    """One row goes through per-thread weight slices (bmm) when torch has several threads, plain mm otherwise."""
+    """Without scalelab's CPU kernels, one row goes through per-thread weight slices (bmm) when torch has several
+    threads, plain mm otherwise."""
+    from scalelab.lm import cpu_kernels
     from scalelab.lm.decoding import _fused_weights
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model = random_model(seed=threads)  # a new model: fused weights are cached per model
-        layers, lm_head = _fused_weights(model)
-        assert (layers[0][0].split is not None) == (threads > 1 and torch.backends.mkldnn.is_available())
-        seq = torch.randint(0, 97, (7,)).tolist()
-        dec = Decoder(model, max_batch=1)
-        with torch.no_grad():
-            dec.prefill(0, seq[:-1])
-            got = dec.decode([seq[-1]])[0]
-            ref = model(torch.tensor([seq]))[0][0, -1]
+        with cpu_kernels.disabled():
+            model = random_model(seed=threads)  # a new model: fused weights are cached per model
+            layers, lm_head = _fused_weights(model)
+            assert layers[0][0].panels is None
+            assert (layers[0][0].split is not None) == (threads > 1 and torch.backends.mkldnn.is_available())
+            seq = torch.randint(0, 97, (7,)).tolist()
+            dec = Decoder(model, max_batch=1)
+            with torch.no_grad():
+                dec.prefill(0, seq[:-1])
+                got = dec.decode([seq[-1]])[0]
+                ref = model(torch.tensor([seq]))[0][0, -1]
         assert (got - ref).abs().max() < 1e-4
     finally:
         torch.set_num_threads(before)

@@ -1,0 +1,186 @@
+/* Few-row fp32 matrix products for CPU decoding: y (M, N) = x (M, K) @ W (K, N) [+ res (M, N)].
+ *
+ * Built and loaded by scalelab/lm/cpu_kernels.py (gcc -O3 -march=native -fopenmp, on the machine that runs it).
+ * Why: a decode step multiplies 1-8 activation rows by each weight matrix. oneDNN's packed linear, torch's best
+ * CPU path for that, costs ~12-15 us a call before any arithmetic (256 x 256 at 8 rows: 14.8 us, of which ~6 us
+ * is oneDNN's own execution), and a step makes 17 such calls on the demo model. This kernel is the plain
+ * register-blocked loop: W is packed into column panels of PANEL floats, (ceil(N / PANEL), K, PANEL), zero padded,
+ * so one panel streams through contiguously; each panel keeps MR rows x 2 vector accumulators in registers and
+ * does MR x 2 fused multiply-adds per two vector loads of W. Panels are shared out with OpenMP, which links to
+ * the libgomp that torch loaded (same soname), so it runs on torch's own thread team.
+ *
+ * GCC vector extensions, not intrinsics: -march=native picks AVX-512 (16 floats a vector), AVX2 (8) or NEON (4).
+ */
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define VEC 16
+#define MAXR 8
+#elif defined(__AVX__)
+#define VEC 8
+#define MAXR 4 /* 16 vector registers: 4 rows x 2 accumulators + 2 weight vectors + 1 broadcast */
+#else
+#define VEC 4
+#define MAXR 4
+#endif
+#define PANEL (2 * VEC)
+
+typedef float vec __attribute__((vector_size(VEC * sizeof(float))));
+
+static inline vec load(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vec v) { memcpy(p, &v, sizeof v); }
+
+typedef int ivec __attribute__((vector_size(VEC * sizeof(int))));
+
+/* The sum of a vector's lanes, as a tree (log2(VEC) dependent adds, not VEC). */
+static inline float hsum(vec v) {
+    float t[VEC];
+    memcpy(t, &v, sizeof t);
+    for (int w = VEC / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) t[i] += t[i + w];
+    return t[0];
+}
+
+/* e^x for x <= 0 (softmax after subtracting the maximum), lane by lane: x = n ln2 + r, |r| <= ln2 / 2, e^r by
+ * Cephes' expf polynomial (about 1 ulp), times 2^n built in the exponent bits; below -87 it is 0. */
+static inline vec vexp(vec x) {
+    const vec lo = (vec){0} - 87.0f;
+    ivec under = x < lo;
+    x = (vec)((ivec)x & ~under) + (vec)((ivec)lo & under);
+    vec n = x * 1.44269504088896341f + 12582912.0f;  /* round to nearest: the magic 1.5 * 2^23 */
+    ivec ni = (ivec)n - (ivec)((vec){0} + 12582912.0f);
+    n = n - 12582912.0f;
+    vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vec p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    vec scale = (vec)((ni + 127) << 23);
+    return (vec)((ivec)(p * scale) & ~under);
+}
+
+int sl_panel_width(void) { return PANEL; }
+int sl_max_rows(void) { return MAXR; }
+
+/* One panel for MR rows: out (MR rows, PANEL columns, row stride ldo) = x @ panel (+ res, same layout). */
+#define PANEL_KERNEL(MR)                                                                                        \
+    static void panel_##MR(const float *x, long ldx, const float *w, long K, const float *res, float *out,      \
+                           long ldo) {                                                                          \
+        vec a0[MR], a1[MR];                                                                                     \
+        for (int r = 0; r < MR; r++) {                                                                          \
+            if (res) { a0[r] = load(res + r * ldo); a1[r] = load(res + r * ldo + VEC); }                        \
+            else { a0[r] = (vec){0}; a1[r] = (vec){0}; }                                                        \
+        }                                                                                                       \
+        for (long k = 0; k < K; k++) {                                                                          \
+            vec w0 = load(w + k * PANEL), w1 = load(w + k * PANEL + VEC);                                       \
+            for (int r = 0; r < MR; r++) {                                                                      \
+                float xr = x[r * ldx + k];                                                                      \
+                a0[r] += xr * w0;                                                                               \
+                a1[r] += xr * w1;                                                                               \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int r = 0; r < MR; r++) { store(out + r * ldo, a0[r]); store(out + r * ldo + VEC, a1[r]); }      \
+    }
+PANEL_KERNEL(1)
+PANEL_KERNEL(2)
+PANEL_KERNEL(3)
+PANEL_KERNEL(4)
+#if MAXR == 8
+PANEL_KERNEL(5)
+PANEL_KERNEL(6)
+PANEL_KERNEL(7)
+PANEL_KERNEL(8)
+#endif
+
+typedef void (*panel_fn)(const float *, long, const float *, long, const float *, float *, long);
+static const panel_fn PANELS[] = {0, panel_1, panel_2, panel_3, panel_4,
+#if MAXR == 8
+                                  panel_5, panel_6, panel_7, panel_8
+#endif
+};
+
+/* y = x @ W (+ res). x (M, K), y and res (M, N): row-major and contiguous; wp: W packed by sl_pack. */
+void sl_linear(const float *x, const float *wp, const float *res, float *y, long M, long K, long N, int threads) {
+    long panels = (N + PANEL - 1) / PANEL;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && panels > 1)
+    for (long p = 0; p < panels; p++) {
+        long c = p * PANEL, width = N - c < PANEL ? N - c : PANEL;
+        const float *w = wp + (size_t)p * K * PANEL;
+        for (long r0 = 0; r0 < M; r0 += MAXR) {
+            long mr = M - r0 < MAXR ? M - r0 : MAXR;
+            if (width == PANEL) {
+                PANELS[mr](x + r0 * K, K, w, K, res ? res + r0 * N + c : NULL, y + r0 * N + c, N);
+            } else { /* the last, partial panel: through a full-width scratch tile */
+                float tile[MAXR * PANEL], rtile[MAXR * PANEL];
+                if (res)
+                    for (long r = 0; r < mr; r++) memcpy(rtile + r * PANEL, res + (r0 + r) * N + c, width * sizeof(float));
+                PANELS[mr](x + r0 * K, K, w, K, res ? rtile : NULL, tile, PANEL);
+                for (long r = 0; r < mr; r++) memcpy(y + (r0 + r) * N + c, tile + r * PANEL, width * sizeof(float));
+            }
+        }
+    }
+}
+
+/* Pack W (K, N), row-major, into (ceil(N / PANEL), K, PANEL) panels, zero padded; wp holds panels * K * PANEL. */
+void sl_pack(const float *w, float *wp, long K, long N) {
+    long panels = (N + PANEL - 1) / PANEL;
+    for (long p = 0; p < panels; p++) {
+        long c = p * PANEL, width = N - c < PANEL ? N - c : PANEL;
+        for (long k = 0; k < K; k++) {
+            float *dst = wp + ((size_t)p * K + k) * PANEL;
+            memcpy(dst, w + k * N + c, width * sizeof(float));
+            memset(dst + width, 0, (PANEL - width) * sizeof(float));
+        }
+    }
+}
+
+/* One decode step of attention for B rows, one new query each, rows at their own positions (no mask needed).
+ *
+ * Row b's new key and value (knew / vnew: (B, Hkv, hd) at row strides ldk / ldv floats) are first written into the
+ * caches at position pos[b]; then each query head h (q: (B, H, hd) at row stride ldq) attends to positions
+ * 0..pos[b] of its key/value head h / (H / Hkv). Caches: (max_batch, Hkv, T, hd), contiguous. out: (B, H, hd),
+ * contiguous. scratch: B * H * T floats. Softmax in fp32 with the running maximum subtracted, as torch's. */
+void sl_decode_attention(const float *q, long ldq, const float *knew, long ldk, const float *vnew, long ldv,
+                         float *kc, float *vc, const long *pos, long B, long H, long Hkv, long hd, long T,
+                         float scale, float *out, float *scratch, int threads) {
+    for (long b = 0; b < B; b++)
+        for (long g = 0; g < Hkv; g++) {
+            size_t at = ((size_t)(b * Hkv + g) * T + pos[b]) * hd;
+            memcpy(kc + at, knew + b * ldk + g * hd, hd * sizeof(float));
+            memcpy(vc + at, vnew + b * ldv + g * hd, hd * sizeof(float));
+        }
+    long group = H / Hkv, chunks = hd / VEC;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && B * H > 1)
+    for (long bh = 0; bh < B * H; bh++) {
+        long b = bh / H, h = bh % H, L = pos[b] + 1;
+        const float *qv = q + b * ldq + h * hd;
+        const float *K = kc + (size_t)(b * Hkv + h / group) * T * hd, *V = vc + (size_t)(b * Hkv + h / group) * T * hd;
+        float *s = scratch + (size_t)bh * T, m = -__builtin_inff(), sum = 0.0f;
+        for (long j = 0; j < L; j++) {
+            vec acc = (vec){0};
+            for (long c = 0; c < chunks; c++) acc += load(qv + c * VEC) * load(K + j * hd + c * VEC);
+            s[j] = hsum(acc) * scale;
+            m = s[j] > m ? s[j] : m;
+        }
+        long j = 0;
+        vec vsum = (vec){0};
+        for (; j + VEC <= L; j += VEC) {
+            vec e = vexp(load(s + j) - m);
+            store(s + j, e);
+            vsum += e;
+        }
+        for (; j < L; j++) { s[j] = __builtin_expf(s[j] - m); sum += s[j]; }
+        sum += hsum(vsum);
+        float inv = 1.0f / sum;
+        vec o[chunks > 0 ? chunks : 1];
+        for (long c = 0; c < chunks; c++) o[c] = (vec){0};
+        for (long j = 0; j < L; j++) {
+            float p = s[j] * inv;
+            for (long c = 0; c < chunks; c++) o[c] += p * load(V + j * hd + c * VEC);
+        }
+        for (long c = 0; c < chunks; c++) store(out + (size_t)bh * hd + c * VEC, o[c]);
+    }
+}

@@ -1,0 +1,99 @@
+"""scalelab's few-row CPU kernels (scalelab/lm/cpu_kernels.c) against torch: products, attention, the build."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scalelab.lm import cpu_kernels
+
+needs_kernels = pytest.mark.skipif(not cpu_kernels.available(), reason=f"no kernels: {cpu_kernels.why_unavailable()}")
+
+
+@needs_kernels
+@pytest.mark.parametrize("k, n", [(256, 768), (64, 97), (7, 5), (704, 256), (33, 1000)])
+def test_linear_matches_torch_for_any_row_count_and_width(k: int, n: int) -> None:
+    torch.manual_seed(k + n)
+    w = torch.randn(k, n)
+    wp = cpu_kernels.pack(w)
+    for m in (1, 2, 3, 5, 8, 9, 17, 64):
+        x, r = torch.randn(m, k), torch.randn(m, n)
+        torch.testing.assert_close(cpu_kernels.linear(x, wp, n), x @ w, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(cpu_kernels.linear(x, wp, n, residual=r), x @ w + r, atol=1e-4, rtol=1e-4)
+
+
+@needs_kernels
+def test_linear_refuses_what_it_cannot_take() -> None:
+    wp = cpu_kernels.pack(torch.randn(8, 4))
+    with pytest.raises(ValueError, match="fp32"):
+        cpu_kernels.linear(torch.randn(2, 8).double(), wp, 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu_kernels.linear(torch.randn(8, 2).t(), wp, 4)
+    with pytest.raises(ValueError, match="residual"):
+        cpu_kernels.linear(torch.randn(2, 8), wp, 4, residual=torch.randn(3, 4))
+    with pytest.raises(ValueError, match="2-D fp32 CPU"):
+        cpu_kernels.pack(torch.randn(8, 4, dtype=torch.float64))
+
+
+@needs_kernels
+@pytest.mark.parametrize("b, h, hkv, hd", [(8, 4, 4, 64), (3, 8, 2, 32), (1, 4, 4, 64), (2, 6, 3, 16)])
+def test_decode_attention_writes_the_cache_and_matches_sdpa_per_row(b: int, h: int, hkv: int, hd: int) -> None:
+    if not cpu_kernels.attention_supported(hd):
+        pytest.skip(f"head size {hd} is not a multiple of this CPU's vector width")
+    torch.manual_seed(b * h + hd)
+    T = 160
+    kc, vc = torch.randn(b + 1, hkv, T, hd), torch.randn(b + 1, hkv, T, hd)
+    pos = torch.tensor([(37 * r + 5) % T for r in range(b)], dtype=torch.long)  # rows at different positions
+    qkv = torch.randn(b, (h + 2 * hkv) * hd) * 4  # large scores: some exp(s - max) underflow to 0
+    q, kn, vn = (t.reshape(b, -1, hd) for t in qkv.split([h * hd, hkv * hd, hkv * hd], dim=1))  # strided rows
+    kref, vref = kc.clone(), vc.clone()
+    out = cpu_kernels.decode_attention(q, kn, vn, kc, vc, pos, 1 / math.sqrt(hd))
+    for r in range(b):
+        kref[r, :, pos[r]], vref[r, :, pos[r]] = kn[r], vn[r]
+    torch.testing.assert_close(kc, kref, atol=0, rtol=0)
+    torch.testing.assert_close(vc, vref, atol=0, rtol=0)
+    for r in range(b):
+        L = int(pos[r]) + 1
+        ref = F.scaled_dot_product_attention(q[r][:, None], kref[r, :, :L], vref[r, :, :L], enable_gqa=h != hkv)
+        torch.testing.assert_close(out[r], ref.reshape(-1), atol=2e-5, rtol=1e-4)
+
+
+def _python(code: str, **env: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+CHECK = "from scalelab.lm import cpu_kernels as k; print(k.available(), '|', k.why_unavailable())"
+
+
+def test_without_a_compiler_or_when_turned_off_torch_paths_stay(tmp_path) -> None:
+    out = _python(CHECK, CC="no-such-cc", PATH=str(tmp_path), SCALELAB_KERNEL_CACHE=str(tmp_path / "cache"))
+    assert out == "False | no C compiler found (set CC)"
+    assert _python(CHECK, SCALELAB_CPU_KERNELS="0") == "False | turned off by SCALELAB_CPU_KERNELS=0"
+    # and a decoder then runs on torch's paths, same logits as the model
+    code = ("import torch; from scalelab.lm.model import GPT, ModelConfig; from scalelab.lm.decoding import Decoder\n"
+            "torch.manual_seed(0)\n"
+            "m = GPT(ModelConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, n_kv_head=2)).eval()\n"
+            "d = Decoder(m, max_batch=2); d.prefill(0, [1, 2, 3]); d.prefill(1, [4])\n"
+            "got = d.decode([5, 6]); ref = m(torch.tensor([[1, 2, 3, 5]]))[0][0, -1]\n"
+            "print(d._kernel_attn, d.layers[0][0].panels is None, bool((got[0] - ref).abs().max() < 1e-4))")
+    assert _python(code, SCALELAB_CPU_KERNELS="0") == "False True True"
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="needs a C compiler")
+def test_the_build_is_cached_per_machine(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    assert _python(CHECK, SCALELAB_KERNEL_CACHE=str(cache)) == "True |"
+    built = list(cache.glob("cpu_kernels-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert _python(CHECK, SCALELAB_KERNEL_CACHE=str(cache)) == "True |"  # loaded, not rebuilt
+    assert list(cache.glob("*")) == built and built[0].stat().st_mtime_ns == stamp
