@@ -16,6 +16,12 @@ from scalelab.lm import cpu_kernels
 needs_kernels = pytest.mark.skipif(not cpu_kernels.available(), reason=f"no kernels: {cpu_kernels.why_unavailable()}")
 
 
+@pytest.mark.skipif(cpu_kernels._compiler() is None, reason="no C compiler on this machine")
+def test_kernels_build_where_a_compiler_exists() -> None:
+    """Where there is a compiler the kernels must build: a compile error would otherwise only skip their tests."""
+    assert cpu_kernels.available(), cpu_kernels.why_unavailable()
+
+
 @needs_kernels
 @pytest.mark.parametrize("k, n", [(256, 768), (64, 97), (7, 5), (704, 256), (33, 1000)])
 def test_linear_matches_torch_for_any_row_count_and_width(k: int, n: int) -> None:

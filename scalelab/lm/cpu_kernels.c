@@ -184,3 +184,50 @@ void sl_decode_attention(const float *q, long ldq, const float *knew, long ldk, 
         for (long c = 0; c < chunks; c++) store(out + (size_t)bh * hd + c * VEC, o[c]);
     }
 }
+
+/* One draw per row of logits (n, V), fp32: probabilities exp((x - max) * inv_temp[r]) over the entries >= thr[r]
+ * (a top-k threshold; -inf keeps all), inverted at u[r] * their total in vocabulary order: the first entry whose
+ * running sum exceeds it. Sums run over blocks of VEC entries, then within the block found. Rows are independent,
+ * so a row draws the same token in any batch. A row whose total is not a positive finite number (NaN logits)
+ * takes its first largest logit. scratch: n * V floats. */
+void sl_sample(const float *logits, long n, long V, const float *inv_temp, const float *thr, const float *u,
+               long *out, float *scratch, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n > 1)
+    for (long r = 0; r < n; r++) {
+        const float *x = logits + r * V;
+        float *e = scratch + r * V, m = -__builtin_inff(), t = inv_temp[r], lo = thr[r];
+        long nb = V / VEC, j = 0, best = 0;
+        vec mv = (vec){0} - __builtin_inff();
+        for (long b = 0; b < nb; b++) {
+            vec xv = load(x + b * VEC);
+            ivec gt = xv > mv;
+            mv = (vec)(((ivec)xv & gt) | ((ivec)mv & ~gt));
+        }
+        for (int i = 0; i < VEC; i++) m = mv[i] > m ? mv[i] : m;
+        for (long i = nb * VEC; i < V; i++) m = x[i] > m ? x[i] : m;
+        while (best < V - 1 && !(x[best] == m)) best++;
+        float total = 0.0f;
+        for (long b = 0; b < nb; b++, j += VEC) {
+            vec xv = load(x + j);
+            vec ev = vexp((xv - m) * t);
+            ev = (vec)((ivec)ev & (ivec)(xv >= lo));
+            store(e + j, ev);
+            total += hsum(ev);
+        }
+        for (; j < V; j++) { e[j] = x[j] >= lo ? __builtin_expf((x[j] - m) * t) : 0.0f; total += e[j]; }
+        out[r] = best;
+        if (!(total > 0.0f) || total > 3.0e38f) continue;
+        float target = u[r] * total, run = 0.0f;
+        long k = 0;
+        for (long b = 0; b < nb; b++, k += VEC) {  /* the block where the running sum passes the target */
+            float s = hsum(load(e + k));
+            if (run + s > target) break;
+            run += s;
+        }
+        for (; k < V; k++) {
+            run += e[k];
+            if (run > target && e[k] > 0.0f) { out[r] = k; break; }
+        }
+        /* rounding left the target unreached (u * total ~ total): keep the most likely entry */
+    }
+}

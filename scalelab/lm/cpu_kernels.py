@@ -92,6 +92,8 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     lib.sl_decode_attention.argtypes = [ptr, long_, ptr, long_, ptr, long_, ptr, ptr, ptr, long_, long_, long_,
                                         long_, long_, ctypes.c_float, ptr, ptr, ctypes.c_int]
     lib.sl_decode_attention.restype = None
+    lib.sl_sample.argtypes = [ptr, long_, long_, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
+    lib.sl_sample.restype = None
     return lib, ""
 
 
@@ -184,3 +186,16 @@ def decode_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, 
 def attention_supported(head_dim: int) -> bool:
     """Whether ``decode_attention`` takes this head size (a multiple of the vector width)."""
     return available() and head_dim % (int(_state["panel"]) // 2) == 0  # type: ignore[arg-type]
+
+
+def sample(logits: torch.Tensor, inv_temps: list[float], thresholds: list[float], uniforms: list[float]) -> list[int]:
+    """One draw per row of ``logits`` (n, V) fp32: softmax(x * inv_temps[r]) over entries >= thresholds[r] (a
+    top-k threshold, -inf for none), inverted at ``uniforms[r]`` in vocabulary order (see sl_sample)."""
+    n, V = logits.shape
+    logits = logits.contiguous()
+    params = torch.tensor([inv_temps, thresholds, uniforms], dtype=torch.float32)
+    out = torch.empty(n, dtype=torch.int64)
+    scratch = torch.empty(n * V, dtype=torch.float32)
+    _state["lib"].sl_sample(logits.data_ptr(), n, V, params[0].data_ptr(), params[1].data_ptr(),  # type: ignore[union-attr]
+                            params[2].data_ptr(), out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+    return out.tolist()

@@ -398,22 +398,46 @@ def _sorted_desc(probs: torch.Tensor) -> torch.Tensor:
 def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     """One token per row of ``logits`` (n, V), row i drawn by ``samplers[i]`` (greedy rows take the argmax).
 
-    All rows go through one batched pass whatever their settings: per-row temperature, top-k and top-p are
-    tensors, and each sampled row inverts its filtered CDF at one uniform number from its own generator (the only
-    per-row Python). Every row is computed the same way in vocabulary order (top-k is a threshold at the k-th
-    largest, ties with it stay; top-p a probability cut-off), so a seeded row draws the same token alone or in any
-    batch.
+    Each sampled row inverts its filtered CDF (temperature, then top-k: a threshold at the k-th largest, ties with
+    it stay; then top-p: a probability cut-off) at one uniform number from its own generator, in vocabulary order.
+    Rows are computed independently, each always by the same path, so a seeded row draws the same token alone or
+    in any batch. On CPU, rows without top-p go through scalelab's sampling kernel (8 rows x 4096: ~15 us against
+    ~65 us for torch's softmax + cumsum + searchsorted); the others through one batched torch pass.
     """
     n, V = logits.shape
-    dev = logits.device
     greedy = [s.greedy for s in samplers]
-    if all(greedy):
-        return _argmax(logits)
-    temps = [1.0 if g else s.temperature for s, g in zip(samplers, greedy)]
-    ks = [V if g or not 0 < s.top_k < V else s.top_k for s, g in zip(samplers, greedy)]
-    ps = [1.0 if g else s.top_p for s, g in zip(samplers, greedy)]
-    u = torch.tensor([0.0 if g else s.uniform() for s, g in zip(samplers, greedy)], device=dev)[:, None]
+    out = _argmax(logits) if any(greedy) else [0] * n
+    todo = [i for i in range(n) if not greedy[i]]
+    if not todo:
+        return out
     x = logits.float()
+    if x.device.type == "cpu" and cpu_kernels.available():
+        plain = [i for i in todo if samplers[i].top_p >= 1.0]
+        if plain:
+            sub = x if len(plain) == n else x[plain]
+            ks = [samplers[i].top_k if 0 < samplers[i].top_k < V else V for i in plain]
+            thresholds = _kth_largest(sub, ks).view(-1).tolist() if min(ks) < V else [float("-inf")] * len(plain)
+            drawn = cpu_kernels.sample(sub, [1.0 / samplers[i].temperature for i in plain], thresholds,
+                                       [samplers[i].uniform() for i in plain])
+            for i, token in zip(plain, drawn):
+                out[i] = token
+        todo = [i for i in todo if samplers[i].top_p < 1.0]
+        if not todo:
+            return out
+    drawn = _sample_torch(x if len(todo) == n else x[todo], [samplers[i] for i in todo])
+    for i, token in zip(todo, drawn):
+        out[i] = token
+    return out
+
+
+def _sample_torch(x: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
+    """``sample_rows`` for sampled (not greedy) rows in torch ops, batched: per-row settings as tensors."""
+    n, V = x.shape
+    dev = x.device
+    temps = [s.temperature for s in samplers]
+    ks = [s.top_k if 0 < s.top_k < V else V for s in samplers]
+    ps = [s.top_p for s in samplers]
+    u = torch.tensor([s.uniform() for s in samplers], device=dev)[:, None]
     if any(t != 1.0 for t in temps):
         x = x / torch.tensor(temps, device=dev)[:, None]
     if min(ks) < V:  # top-k: a threshold at each row's k-th largest (ties with it stay)
@@ -429,11 +453,7 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     ok = probs.gather(1, choice.clamp_(max=V - 1)) > 0
     if not bool(ok.all()):
         choice = torch.where(ok, choice, probs.argmax(-1, keepdim=True))
-    out = choice[:, 0].tolist()
-    if any(greedy):
-        best = _argmax(logits)
-        out = [b if g else c for b, c, g in zip(best, out, greedy)]
-    return out
+    return choice[:, 0].tolist()
 
 
 # ------------------------------------------------------------------------------------------------------ text
