@@ -216,7 +216,7 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
     seen_kp = {Sampler(2.0, top_k=3, top_p=0.6, seed=s)(logits) for s in range(200)}
     assert seen_kp <= {0, 1, 2} and 0 in seen_kp
     # rows with different settings sampled in one batched pass draw what each would draw alone
-    from scalelab.lm.decoding import sample_rows
+    from scalelab.lm.sampling import sample_rows
 
     settings = [dict(temperature=1.0, top_k=3), dict(temperature=0.5, top_p=0.75), dict(temperature=2.0),
                 dict(temperature=1.5, top_k=10, top_p=0.9)]
@@ -233,9 +233,17 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
             Sampler(**bad)
 
 
-def test_sampled_frequencies_follow_the_filtered_softmax() -> None:
+@pytest.mark.parametrize("kernels", ["scalelab CPU kernels", "torch only"])
+def test_sampled_frequencies_follow_the_filtered_softmax(kernels: str) -> None:
     """Draws follow softmax(logits / T) restricted by top-k / top-p and renormalised (4,000 draws a setting)."""
-    from scalelab.lm.decoding import sample_rows
+    from scalelab.lm import cpu_kernels
+    from scalelab.lm.sampling import sample_rows
+
+    with contextlib.nullcontext() if kernels == "scalelab CPU kernels" else cpu_kernels.disabled():
+        _check_sampled_frequencies(sample_rows)
+
+
+def _check_sampled_frequencies(sample_rows) -> None:
 
     logits = torch.tensor([2.0, 1.5, 1.5, 0.5, 0.0, -1.0, -3.0, 1.0])
     n = 4000

@@ -1,19 +1,26 @@
-"""Few-row fp32 matrix products for CPU decoding, from scalelab/lm/cpu_kernels.c, compiled on first use.
+"""scalelab's CPU decoding kernels (scalelab/lm/cpu_kernels.c), compiled on first use; torch's paths otherwise.
 
     from scalelab.lm import cpu_kernels
     if cpu_kernels.available():
-        wp = cpu_kernels.pack(w)                    # w (K, N) fp32 -> panels, once per weight
-        y = cpu_kernels.linear(x, wp, residual=r)   # x (M, K) -> (M, N) = x @ w + r
+        wp = cpu_kernels.pack(w)                          # w (K, N) fp32 -> column panels, once per weight
+        y = cpu_kernels.linear(x, wp, N, residual=r)      # x (M, K) -> (M, N) = x @ w + r
+        y = cpu_kernels.decode_attention(q, k, v, k_cache, v_cache, positions, scale)   # one decode step
+        ids = cpu_kernels.sample(logits, inv_temps, thresholds, uniforms)              # one draw per row
 
 Why not torch: a decode step multiplies 1-8 rows by each weight matrix, and torch's fastest CPU path for that
 (oneDNN's packed linear) costs ~12-15 us a call before any arithmetic. Measured on 2 AVX-512 cores, 8 rows:
 (256 -> 768) 20.1 -> 9.5 us, (256 -> 1408) 29.1 -> 15.4 us, (256 -> 4096) 58.9 -> 39.7 us; one row (against
-torch's best, a per-thread ``bmm``): 7.2 -> 5.6, 10.7 -> 8.0, 30.6 -> 23.9 us.
+torch's best, a per-thread ``bmm``): 7.2 -> 5.6, 10.7 -> 8.0, 30.6 -> 23.9 us; 256 rows as fast as oneDNN.
+Attention for one new query per row, rows at different lengths, with the cache writes: 8 rows x 4 heads x 130
+positions 23 us against 38 us for a mask + SDPA. Sampling 8 rows x 4096 at a temperature: 30 against 67 us.
+A decode step of the demo model (5.3M parameters, 130 cached positions): 1 row 0.44 -> 0.36 ms, 8 rows
+1.16 -> 0.64 ms.
 
 The C file is compiled with the system C compiler (``$CC``, else ``cc`` or ``gcc``; ``-O3 -march=native
--fopenmp``) into ``$SCALELAB_KERNEL_CACHE`` (default ``~/.cache/scalelab/kernels``), under a name keyed by the
-source, the compiler and the CPU, so it builds once per machine (~0.5 s). Without a compiler, or with
-``SCALELAB_CPU_KERNELS=0``, ``available()`` is False and callers keep torch's paths; ``why_unavailable()`` says why.
+-fopenmp``) into ``$SCALELAB_KERNEL_CACHE`` (default ``~/.cache/scalelab/kernels``; the temp dir when home cannot
+be written), under a name keyed by the source, the compiler and the CPU, so it builds once per machine (~0.5 s).
+Without a compiler, or with ``SCALELAB_CPU_KERNELS=0``, ``available()`` is False and callers keep torch's paths;
+``why_unavailable()`` says why. Tests: tests/test_cpu_kernels.py (against torch matmul, SDPA and softmax draws).
 """
 
 from __future__ import annotations
@@ -53,6 +60,21 @@ def _compiler() -> str | None:
     return cc if cc and shutil.which(cc) else shutil.which("cc") or shutil.which("gcc")
 
 
+def _cache_dir() -> Path:
+    """``$SCALELAB_KERNEL_CACHE``, else ~/.cache/scalelab/kernels, else (home not writable) one under the temp dir."""
+    chosen = os.environ.get("SCALELAB_KERNEL_CACHE")
+    for path in ([Path(chosen)] if chosen else
+                 [Path.home() / ".cache" / "scalelab" / "kernels",
+                  Path(tempfile.gettempdir()) / f"scalelab-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"]):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if os.access(path, os.W_OK):
+                return path
+        except OSError:
+            continue
+    return path
+
+
 def _build() -> tuple[ctypes.CDLL | None, str]:
     if os.environ.get("SCALELAB_CPU_KERNELS", "1") == "0":
         return None, "turned off by SCALELAB_CPU_KERNELS=0"
@@ -65,11 +87,10 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"{cc} --version failed: {e}"
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *flags, _cpu_identity()]).encode())
-    cache = Path(os.environ.get("SCALELAB_KERNEL_CACHE") or Path.home() / ".cache" / "scalelab" / "kernels")
+    cache = _cache_dir()
     lib_path = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if not lib_path.exists():
         try:
-            cache.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
             os.close(fd)
             done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
