@@ -48,6 +48,16 @@ def test_linear_refuses_what_it_cannot_take() -> None:
 
 
 @needs_kernels
+def test_decode_attention_refuses_positions_outside_the_cache() -> None:
+    kc, q = torch.zeros(2, 1, 8, 16), torch.zeros(2, 1, 16)
+    for bad in ([0, 8], [-1, 0], [0]):
+        with pytest.raises(ValueError, match="positions"):
+            cpu_kernels.decode_attention(q, q, q, kc, kc.clone(), torch.tensor(bad), 0.25)
+    with pytest.raises(ValueError, match="fp32"):
+        cpu_kernels.decode_attention(q.double(), q, q, kc, kc.clone(), torch.tensor([0, 1]), 0.25)
+
+
+@needs_kernels
 @pytest.mark.parametrize("b, h, hkv, hd", [(8, 4, 4, 64), (3, 8, 2, 32), (1, 4, 4, 64), (2, 6, 3, 16)])
 def test_decode_attention_writes_the_cache_and_matches_sdpa_per_row(b: int, h: int, hkv: int, hd: int) -> None:
     if not cpu_kernels.attention_supported(hd):

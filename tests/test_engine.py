@@ -348,11 +348,34 @@ def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
     every, n = deltas(1)
     assert n == 40
     for interval in (4, 1000):
-        got, _ = deltas(interval)
-        assert "".join(got) == "".join(every) and got[0] == every[0]
+        got, _ = deltas(interval)  # (a reader that wakes late reads what came meanwhile as one delta)
+        assert "".join(got) == "".join(every) and got[0].startswith(every[0])
         assert len(got) <= 2 + (n - 1) // interval  # woken every k deltas (+ the first and the end)
     with pytest.raises(ValueError, match="stream_interval"):
         Engine(model, stream_interval=0)
+
+    # the gating itself, without timing: which deltas wake a waiting reader
+    from scalelab.lm.engine import Request, _EngineRow
+
+    class Woken:
+        def __init__(self) -> None:
+            self.count = 0
+
+        def add(self, loop, event) -> None:
+            self.count += 1
+
+    woken = Woken()
+    row = _EngineRow([1], 100, Sampler(0.0), [])
+    req = row.request = Request(row, tok, [], woken, stream_interval=4)
+    seen = []
+    for _ in range(10):
+        req._waiters.append((None, None))  # a reader waiting for the next delta
+        req._emit("x")
+        seen.append(woken.count)
+        req._waiters.clear()
+    req._waiters.append((None, None))
+    req._emit("", finish="length")
+    assert seen == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3] and woken.count == 4  # first at once, then every 4, then the end
 
 
 def test_engine_cancel_and_queue_full() -> None:

@@ -142,10 +142,13 @@ void sl_pack(const float *w, float *wp, long K, long N) {
  * Row b's new key and value (knew / vnew: (B, Hkv, hd) at row strides ldk / ldv floats) are first written into the
  * caches at position pos[b]; then each query head h (q: (B, H, hd) at row stride ldq) attends to positions
  * 0..pos[b] of its key/value head h / (H / Hkv). Caches: (max_batch, Hkv, T, hd), contiguous. out: (B, H, hd),
- * contiguous. scratch: B * H * T floats. Softmax in fp32 with the running maximum subtracted, as torch's. */
-void sl_decode_attention(const float *q, long ldq, const float *knew, long ldk, const float *vnew, long ldv,
-                         float *kc, float *vc, const long *pos, long B, long H, long Hkv, long hd, long T,
-                         float scale, float *out, float *scratch, int threads) {
+ * contiguous. scratch: B * H * T floats. Softmax in fp32 with the running maximum subtracted, as torch's.
+ * Returns -1 (and writes nothing) when a position lies outside 0..T-1, else 0. */
+int sl_decode_attention(const float *q, long ldq, const float *knew, long ldk, const float *vnew, long ldv,
+                        float *kc, float *vc, const long *pos, long B, long H, long Hkv, long hd, long T,
+                        float scale, float *out, float *scratch, int threads) {
+    for (long b = 0; b < B; b++)
+        if (pos[b] < 0 || pos[b] >= T) return -1; /* nothing written */
     for (long b = 0; b < B; b++)
         for (long g = 0; g < Hkv; g++) {
             size_t at = ((size_t)(b * Hkv + g) * T + pos[b]) * hd;
@@ -183,6 +186,7 @@ void sl_decode_attention(const float *q, long ldq, const float *knew, long ldk, 
         }
         for (long c = 0; c < chunks; c++) store(out + (size_t)bh * hd + c * VEC, o[c]);
     }
+    return 0;
 }
 
 /* One draw per row of logits (n, V), fp32: probabilities exp((x - max) * inv_temp[r]) over the entries >= thr[r]

@@ -112,7 +112,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     lib.sl_pack.restype = None
     lib.sl_decode_attention.argtypes = [ptr, long_, ptr, long_, ptr, long_, ptr, ptr, ptr, long_, long_, long_,
                                         long_, long_, ctypes.c_float, ptr, ptr, ctypes.c_int]
-    lib.sl_decode_attention.restype = None
+    lib.sl_decode_attention.restype = ctypes.c_int
     lib.sl_sample.argtypes = [ptr, long_, long_, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
     lib.sl_sample.restype = None
     return lib, ""
@@ -193,14 +193,21 @@ def decode_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, 
     B, H, hd = q.shape
     Hkv, T = k_cache.shape[1], k_cache.shape[2]
     q, k_new, v_new = (x if x.stride(1) == hd and x.stride(2) == 1 else x.contiguous() for x in (q, k_new, v_new))
-    if not (k_cache.is_contiguous() and v_cache.is_contiguous() and positions.dtype == torch.int64):
-        raise ValueError("decode_attention wants contiguous caches and int64 positions")
+    tensors = (q, k_new, v_new, k_cache, v_cache)
+    if (any(t.dtype != torch.float32 for t in tensors) or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+            or positions.dtype != torch.int64 or positions.shape != (B,) or B > k_cache.shape[0]
+            or k_new.shape != (B, Hkv, hd) or v_new.shape != (B, Hkv, hd) or H % Hkv):
+        raise ValueError("decode_attention wants fp32 q (B, H, hd), k/v (B, Hkv, hd), contiguous caches with at least "
+                         f"B rows and int64 positions (B,), got q {tuple(q.shape)}, k {tuple(k_new.shape)}, cache "
+                         f"{tuple(k_cache.shape)}, positions {tuple(positions.shape)} {positions.dtype}")
     out = torch.empty((B, H * hd), dtype=torch.float32)
     scratch = torch.empty(B * H * T, dtype=torch.float32)
-    _state["lib"].sl_decode_attention(  # type: ignore[union-attr]
+    bad = _state["lib"].sl_decode_attention(  # type: ignore[union-attr]
         q.data_ptr(), q.stride(0), k_new.data_ptr(), k_new.stride(0), v_new.data_ptr(), v_new.stride(0),
         k_cache.data_ptr(), v_cache.data_ptr(), positions.data_ptr(), B, H, Hkv, hd, T, scale, out.data_ptr(),
         scratch.data_ptr(), torch.get_num_threads())
+    if bad:
+        raise ValueError(f"decode_attention: positions {positions.tolist()} must lie within the cache (0..{T - 1})")
     return out
 
 
