@@ -231,15 +231,22 @@ def test_disconnect_cancels_generation(app, server):
     body = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": MAX_TOKENS_LIMIT, "stream": True,
             "ignore_eos": True, "temperature": 1.0}
     before = len(spy.requests)
-    with httpx.Client(timeout=30) as http, http.stream("POST", server + "/v1/chat/completions", json=body) as r:
-        events = (json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {"))
-        first = [next(events), next(events)]  # the role chunk and one content chunk, then hang up
-        assert first[0]["object"] == "chat.completion.chunk" and first[1]["choices"][0]["delta"]["content"]
-    req = spy.requests[before]
-    deadline = time.monotonic() + 10
-    while getattr(req, "finish_reason", None) is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert req.completion_tokens < MAX_TOKENS_LIMIT, "the generation ran to the end after the client left"
+    batch = spy.engine._batch  # pace the engine (5 ms a step), so the budget cannot run out before the hang-up lands
+    step = batch.step
+    batch.step = lambda: (time.sleep(0.005), step())
+    try:
+        with httpx.Client(timeout=30) as http, http.stream("POST", server + "/v1/chat/completions", json=body) as r:
+            events = (json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {"))
+            first = [next(events), next(events)]  # the role chunk and one content chunk, then hang up
+            assert first[0]["object"] == "chat.completion.chunk" and first[1]["choices"][0]["delta"]["content"]
+        req = spy.requests[before]
+        deadline = time.monotonic() + 10
+        while getattr(req, "finish_reason", None) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        del batch.step
+    assert req.finish_reason == "cancelled" and req.completion_tokens < MAX_TOKENS_LIMIT, \
+        "the generation ran to the end after the client left"
 
 
 def test_concurrent_requests_all_succeed(client, model_id):
