@@ -12,6 +12,7 @@
  * GCC vector extensions, not intrinsics: -march=native picks AVX-512 (16 floats a vector), AVX2 (8) or NEON (4).
  */
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX512F__)
@@ -190,12 +191,47 @@ int sl_decode_attention(const float *q, long ldq, const float *knew, long ldk, c
 }
 
 /* One draw per row of logits (n, V), fp32: probabilities exp((x - max) * inv_temp[r]) over the entries >= thr[r]
- * (a top-k threshold; -inf keeps all), inverted at u[r] * their total in vocabulary order: the first entry whose
- * running sum exceeds it. Sums run over blocks of VEC entries, then within the block found. Rows are independent,
- * so a row draws the same token in any batch. A row whose total is not a positive finite number (NaN logits)
- * takes its first largest logit. scratch: n * V floats. */
-void sl_sample(const float *logits, long n, long V, const float *inv_temp, const float *thr, const float *u,
-               long *out, float *scratch, int threads) {
+ * (a top-k threshold; -inf keeps all), cut to the nucleus when top_p[r] < 1 (the largest entries, in order, while
+ * the mass before each is below top_p of the total; ties with the last one kept stay), inverted at u[r] * their
+ * total in vocabulary order: the first entry whose running sum exceeds it. Sums run over blocks of VEC entries,
+ * then within the block found. The nucleus is found without a full sort: the mass of each value bucket (a
+ * float's top 12 bits), walked from the top to the bucket where the cut falls, whose few entries are sorted.
+ * Rows are independent, so a row draws the same token in any batch. A row whose total is not a positive finite
+ * number (NaN logits) takes its first largest logit. scratch: 2 * n * V floats. */
+static int descending(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+static inline unsigned bucket(float v) {
+    unsigned u;
+    memcpy(&u, &v, sizeof u);
+    u >>= 20;
+    return u > 1023 ? 1023 : u;
+}
+
+/* The smallest value kept by a top_p cut of e[0..V) (positive entries; total their sum), or 0 to keep all. */
+static float nucleus_cut(const float *e, long V, float total, float top_p, float *vals) {
+    float need = top_p * total, mass[1024] = {0}, above = 0.0f;
+    for (long i = 0; i < V; i++)
+        if (e[i] > 0.0f) mass[bucket(e[i])] += e[i];
+    int b = 1023;
+    for (; b >= 0; b--) {
+        if (above + mass[b] >= need) break;
+        above += mass[b];
+    }
+    if (b < 0) return 0.0f; /* rounding: the buckets never reached the mass asked for */
+    long count = 0;
+    for (long i = 0; i < V; i++)
+        if (e[i] > 0.0f && (int)bucket(e[i]) == b) vals[count++] = e[i];
+    qsort(vals, count, sizeof(float), descending);
+    float cut = 0.0f;
+    for (long i = 0; i < count && above < need; i++) { cut = vals[i]; above += vals[i]; }
+    return cut;
+}
+
+void sl_sample(const float *logits, long n, long V, const float *inv_temp, const float *thr, const float *top_p,
+               const float *u, long *out, float *scratch, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n > 1)
     for (long r = 0; r < n; r++) {
         const float *x = logits + r * V;
@@ -221,6 +257,16 @@ void sl_sample(const float *logits, long n, long V, const float *inv_temp, const
         for (; j < V; j++) { e[j] = x[j] >= lo ? __builtin_expf((x[j] - m) * t) : 0.0f; total += e[j]; }
         out[r] = best;
         if (!(total > 0.0f) || total > 3.0e38f) continue;
+        if (top_p[r] < 1.0f) {
+            float cut = nucleus_cut(e, V, total, top_p[r], scratch + (n + r) * V);
+            if (cut > 0.0f) {
+                total = 0.0f;
+                for (long i = 0; i < V; i++) {
+                    if (e[i] < cut) e[i] = 0.0f;
+                    total += e[i];
+                }
+            }
+        }
         float target = u[r] * total, run = 0.0f;
         long k = 0;
         for (long b = 0; b < nb; b++, k += VEC) {  /* the block where the running sum passes the target */
