@@ -181,8 +181,9 @@ def _served(request: Request) -> Served:
     return request.app.state.served
 
 
-def require_api_key(request: Request) -> None:
-    """Bearer-token check on the /v1 routes (a no-op when the server has no key)."""
+async def require_api_key(request: Request) -> None:
+    """Bearer-token check on the /v1 routes (a no-op when the server has no key). ``async``: FastAPI runs a plain
+    ``def`` dependency in a worker thread, a thread hop per request for a check that never blocks."""
     key = _served(request).api_key
     if not key:
         return
