@@ -349,7 +349,7 @@ def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
     assert n == 40
     for interval in (4, 1000):
         got, _ = deltas(interval)  # (a reader that wakes late reads what came meanwhile as one delta)
-        assert "".join(got) == "".join(every) and got[0].startswith(every[0])
+        assert "".join(got) == "".join(every)
         assert len(got) <= 2 + (n - 1) // interval  # woken every k deltas (+ the first and the end)
     with pytest.raises(ValueError, match="stream_interval"):
         Engine(model, stream_interval=0)
@@ -376,6 +376,29 @@ def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
     req._waiters.append((None, None))
     req._emit("", finish="length")
     assert seen == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3] and woken.count == 4  # first at once, then every 4, then the end
+
+    # "auto": the engine sets the interval each step to half the rows decoding (here 8 rows: every 4 deltas)
+    woken.count, woken.interval = 0, 4
+    row = _EngineRow([1], 100, Sampler(0.0), [])
+    req = row.request = Request(row, tok, [], woken, stream_interval=None)
+    for _ in range(5):
+        req._waiters.append((None, None))
+        req._emit("x")
+        req._waiters.clear()
+    assert woken.count == 2
+    with Engine(model, tok, max_batch=8, stream_interval="auto") as engine:
+        async def eight() -> list[list[str]]:
+            reqs = [engine.submit(prompt, max_tokens=40, temperature=0) for _ in range(8)]
+            return await asyncio.gather(*[_collect_deltas(r) for r in reqs])
+        outs = asyncio.run(eight())
+    assert all("".join(o) == "".join(every) for o in outs)
+    assert all(len(o) <= 2 + (n - 1) // 2 for o in outs)  # 8 rows for most steps: at least 2 tokens an event
+    with pytest.raises(ValueError, match="stream_interval"):
+        Engine(model, stream_interval="fast")
+
+
+async def _collect_deltas(req) -> list[str]:
+    return [d async for d in req]
 
 
 def test_engine_cancel_and_queue_full() -> None:

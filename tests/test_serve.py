@@ -100,14 +100,17 @@ def test_stream_interval_sends_fewer_longer_events(client, model_id, tiny_chat_r
     kwargs = dict(model=model_id, messages=[{"role": "user", "content": "Count to three."}], max_tokens=16,
                   temperature=0, extra_body={"ignore_eos": True})
     whole = client.chat.completions.create(**kwargs).choices[0].message.content
-    app = build_app(ServeConfig(run=str(tiny_chat_run), device="cpu", dtype="fp32", stream_interval=4))
+    app = build_app(ServeConfig(run=str(tiny_chat_run), device="cpu", dtype="fp32", stream_interval="4"))
     with live_server(app) as url:
         grouped = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         chunks = list(grouped.chat.completions.create(stream=True, **kwargs))
     texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert "".join(texts) == whole and 1 < len(texts) <= 2 + 15 // 4
-    with pytest.raises(UsageError, match="--stream-interval"):
-        ServeConfig(run=str(tiny_chat_run), stream_interval=0).check()
+    for bad in (0, "0", "fast", "-2"):
+        with pytest.raises(UsageError, match="--stream-interval"):
+            ServeConfig(run=str(tiny_chat_run), stream_interval=bad).check()
+    assert ServeConfig(run="x", stream_interval="auto").engine_stream_interval() == "auto"
+    assert ServeConfig(run="x", stream_interval="3").engine_stream_interval() == 3
 
 
 def test_completions_and_stop(client, model_id):
