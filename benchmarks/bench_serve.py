@@ -1,7 +1,7 @@
 """Aggregate tokens/s of `scalelab serve` at 1, 4 and 8 concurrent streams, against the live server on loopback.
 
     .venv/bin/python benchmarks/bench_serve.py [--max-tokens 64] [--seconds 4] [--dtype auto] [--max-batch 8]
-                                               [--temperature 1.0] [--stream-interval 1|K|auto]
+                                               [--temperature 1.0] [--stream-interval auto|K]
 
 Builds a throw-away run (byte-level BPE tokenizer trained on a few stdlib files; model vocab 4096, width 256,
 4 layers, 4 heads, context 512, random init: speed does not depend on training), starts `python -m scalelab serve`
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=8, help="server --max-batch")
     ap.add_argument("--model", default="micro", help="model preset (micro = the demo's size; tiny, small, ...)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    ap.add_argument("--stream-interval", default="1", help="server --stream-interval: tokens per event, or auto")
+    ap.add_argument("--stream-interval", default="auto", help="server --stream-interval: auto (its default), or "
+                                                             "tokens per event (1 = every token)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     suffix = ("" if args.model == "micro" else f"_{args.model}") + (
-        "" if args.stream_interval == "1" else f"_interval{args.stream_interval}")
+        "" if args.stream_interval == "auto" else f"_interval{args.stream_interval}")
     path = RESULTS.with_name(f"bench_serve{suffix}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
