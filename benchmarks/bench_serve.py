@@ -59,35 +59,63 @@ def build_run(root: Path, preset: str = "micro") -> Path:
 _CONTENT = re.compile(rb'"content": ?"[^"]')  # the first chunk with text (the opening chunk's content is "")
 
 
-def one_stream(url: str, body: dict) -> tuple[int, float]:
-    """(completion tokens, seconds to the first content chunk) of one streamed chat completion.
+class Client:
+    """One load-generating client: a kept-alive HTTP/1.1 connection, as the official ``openai`` client keeps one.
 
-    The load generator shares the 2 cores with the server, so it is as light as a client can be: one plain
-    HTTP/1.0 request on a socket (the server then ends the stream by closing, no chunked framing), the raw bytes
-    kept as they come, a search for the first text chunk only until it shows, and only the final ``usage`` event
-    parsed. (httpx with a json.loads per event cost the clients ~0.6 s of CPU per 4,096 streamed tokens, time the
-    server then lacked.)
+    The load generator shares the 2 cores with the server, so it is as light as a client can be: a plain socket,
+    the raw bytes kept as they come, a search for the first text chunk only until it shows, the end of the stream
+    found by the chunked encoding's last chunk, and only the final ``usage`` event parsed. (httpx with a json.loads
+    per event cost the clients ~0.6 s of CPU per 4,096 streamed tokens, time the server then lacked; a connection
+    per request cost the server an accept and a close per request.)
     """
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    payload = json.dumps(body).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.0\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n").encode()
-    t0 = time.perf_counter()
-    first, buf = None, bytearray()
-    with socket.create_connection((host, int(port)), timeout=120) as sock:
-        sock.sendall(head + payload)
-        while chunk := sock.recv(1 << 16):
+
+    def __init__(self, url: str) -> None:
+        self.host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.port = int(port)
+        self.sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def stream(self, body: dict) -> tuple[int, float]:
+        """(completion tokens, seconds to the first content chunk) of one streamed chat completion."""
+        payload = json.dumps(body).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
+        if self.sock is None:
+            self.sock = socket.create_connection((self.host, self.port), timeout=120)
+        t0 = time.perf_counter()
+        first, buf = None, bytearray()
+        self.sock.sendall(head + payload)
+        while not buf.endswith(b"\r\n0\r\n\r\n"):  # the chunked body's last (empty) chunk
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise SystemExit(f"the server closed the connection mid-answer: {bytes(buf[-300:])!r}")
             if first is None and _CONTENT.search(bytes(buf[-16:]) + chunk):
                 first = time.perf_counter() - t0
             buf += chunk
-    status, _, stream = bytes(buf).partition(b"\r\n\r\n")
-    if b" 200 " not in status.split(b"\r\n", 1)[0] + b" ":
-        raise SystemExit(f"the server answered {status[:80]!r}: {stream[:300]!r}")
-    events = [line[6:] for line in stream.decode("utf-8").split("\n") if line.startswith("data: {")]
-    usage = [e for e in map(json.loads, events[-3:]) if e.get("usage")]
-    if not usage:
-        raise SystemExit(f"no usage chunk in the stream: {events[-3:]}")
-    return usage[-1]["usage"]["completion_tokens"], first if first is not None else float("nan")
+        status, _, raw = bytes(buf).partition(b"\r\n\r\n")
+        if b" 200 " not in status.split(b"\r\n", 1)[0] + b" " or b"chunked" not in status.lower():
+            raise SystemExit(f"the server answered {status[:200]!r}: {raw[:300]!r}")
+        events = [line[6:] for line in _dechunk(raw).decode("utf-8").split("\n") if line.startswith("data: {")]
+        usage = [e for e in map(json.loads, events[-3:]) if e.get("usage")]
+        if not usage:
+            raise SystemExit(f"no usage chunk in the stream: {events[-3:]}")
+        return usage[-1]["usage"]["completion_tokens"], first if first is not None else float("nan")
+
+
+def _dechunk(raw: bytes) -> bytes:
+    """The body of an HTTP/1.1 chunked transfer: size line (hex), data, CRLF, ..., a 0-size chunk."""
+    out, i = bytearray(), 0
+    while True:
+        line_end = raw.index(b"\r\n", i)
+        size = int(raw[i:line_end].split(b";", 1)[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += raw[line_end + 2:line_end + 2 + size]
+        i = line_end + 2 + size + 2
 
 
 def level(url: str, clients: int, seconds: float, body: dict) -> dict:
@@ -99,12 +127,15 @@ def level(url: str, clients: int, seconds: float, body: dict) -> dict:
     deadline = t + seconds
 
     def client(i: int) -> None:
-        j = 0
-        while j == 0 or time.perf_counter() < deadline:
-            out = one_stream(url, {**body, "seed": 1000 * i + j})
-            j += 1
-            with lock:
-                results.append(out)
+        j, conn = 0, Client(url)
+        try:
+            while j == 0 or time.perf_counter() < deadline:
+                out = conn.stream({**body, "seed": 1000 * i + j})
+                j += 1
+                with lock:
+                    results.append(out)
+        finally:
+            conn.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for th in threads:
