@@ -1,13 +1,14 @@
-/* Few-row fp32 matrix products for CPU decoding: y (M, N) = x (M, K) @ W (K, N) [+ res (M, N)].
+/* scalelab's CPU decoding kernels, fp32: sl_linear (y = x @ W [+ res] for few rows x), sl_decode_attention (one
+ * decode step of attention with the cache writes) and sl_sample (temperature / top-k / top-p draws).
  *
- * Built and loaded by scalelab/lm/cpu_kernels.py (gcc -O3 -march=native -fopenmp, on the machine that runs it).
+ * Built and loaded by scalelab/lm/cpu_kernels.py (cc -O3 -march=native -fopenmp, on the machine that runs it).
  * Why: a decode step multiplies 1-8 activation rows by each weight matrix. oneDNN's packed linear, torch's best
  * CPU path for that, costs ~12-15 us a call before any arithmetic (256 x 256 at 8 rows: 14.8 us, of which ~6 us
- * is oneDNN's own execution), and a step makes 17 such calls on the demo model. This kernel is the plain
+ * is oneDNN's own execution), and a step makes 17 such calls on the demo model. sl_linear is the plain
  * register-blocked loop: W is packed into column panels of PANEL floats, (ceil(N / PANEL), K, PANEL), zero padded,
  * so one panel streams through contiguously; each panel keeps MR rows x 2 vector accumulators in registers and
- * does MR x 2 fused multiply-adds per two vector loads of W. Panels are shared out with OpenMP, which links to
- * the libgomp that torch loaded (same soname), so it runs on torch's own thread team.
+ * does MR x 2 fused multiply-adds per two vector loads of W. Work is shared out with OpenMP, which links to the
+ * libgomp that torch loaded (same soname), so it runs on torch's own thread team.
  *
  * GCC vector extensions, not intrinsics: -march=native picks AVX-512 (16 floats a vector), AVX2 (8) or NEON (4).
  */
