@@ -31,6 +31,9 @@ class SpyEngine:
         self.requests.append(req)
         return req
 
+    def stats(self):
+        return self.engine.stats()
+
 
 @pytest.fixture(scope="module")
 def app(tiny_chat_run):  # noqa: F811
@@ -62,6 +65,9 @@ def test_models_and_health(client, server, tiny_chat_run):  # noqa: F811
     assert client.models.retrieve(tiny_chat_run.name).id == tiny_chat_run.name
     health = httpx.get(server + "/health").json()
     assert health["status"] == "ok" and health["auth_required"] is False and health["context_length"] == 128
+    from scalelab.lm import cpu_kernels
+
+    assert health["engine"]["decoder"] == ("scalelab CPU kernels" if cpu_kernels.available() else "torch")
 
 
 def test_chat_completion_non_streamed(client, model_id):

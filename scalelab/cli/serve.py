@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(f"serving '{served.model_id}' (context {served.context_length} tokens) on http://{shown}:{cfg.port}  "
           f"(chat page at /, API at /v1)", flush=True)
+    backend = served.engine.stats().get("decoder")
+    if backend == "torch" and str(getattr(served.engine._batch.dec, "device", "")) == "cpu":
+        from scalelab.lm import cpu_kernels
+
+        print(f"note: decoding with torch alone, 1.3-2x slower on CPU than scalelab's kernels "
+              f"({cpu_kernels.why_unavailable() or 'not used for this dtype'})", flush=True)
     if cfg.host not in LOOPBACK_HOSTS and not served.api_key:
         print(f"warning: listening on {cfg.host} without an API key: anyone who can reach this port can use the "
               "model (set --api-key or SCALELAB_API_KEY)", flush=True)

@@ -194,6 +194,8 @@ class Decoder:
         self._kernel_attn = (self.device.type == "cpu" and self.kv_dtype == torch.float32
                              and cpu_kernels.attention_supported(self.head_dim))
         self._scale = 1.0 / self.head_dim ** 0.5
+        kernels = self._kernel_attn or self.lm_head.panels is not None
+        self.backend = "scalelab CPU kernels" if kernels else "torch"  # what decodes (shown by `scalelab serve`)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """x * rsqrt(mean(x^2) + eps) in fp32 (the weight is folded into the next projection)."""

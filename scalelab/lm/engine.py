@@ -375,11 +375,13 @@ class Engine:
             self._cv.notify_all()
         return req
 
-    def stats(self) -> dict[str, int]:
-        """Rows decoding now, requests waiting, decode steps and tokens generated so far."""
+    def stats(self) -> dict[str, int | str]:
+        """Rows decoding now, requests waiting, decode steps and tokens generated so far, and the decoding backend
+        ("scalelab CPU kernels" or "torch", see ``Decoder.backend``)."""
         with self._cv:
             return {"active": len(self._batch.rows), "waiting": len(self._waiting), "steps": self.steps,
-                    "tokens": self.tokens, "max_batch": self.max_batch, "max_queue": self.max_queue}
+                    "tokens": self.tokens, "max_batch": self.max_batch, "max_queue": self.max_queue,
+                    "decoder": self._batch.dec.backend}
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the scheduler thread; unfinished requests end with finish_reason "cancelled"."""
