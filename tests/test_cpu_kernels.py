@@ -138,3 +138,39 @@ def test_sampling_kernel_draws_what_the_torch_path_draws() -> None:
         same += sum(a == b for a, b in zip(fast, slow))
         total += len(fast)
     assert same / total > 0.99, f"{same} of {total} draws agree"
+
+
+CHECK_ALL = """
+import math, torch, torch.nn.functional as F
+from scalelab.lm import cpu_kernels as k
+from scalelab.lm.sampling import Sampler, sample_rows
+assert k.available(), k.why_unavailable()
+torch.manual_seed(0)
+w = torch.randn(64, 97); wp = k.pack(w)
+for m in (1, 3, 8, 9):
+    x, r = torch.randn(m, 64), torch.randn(m, 97)
+    torch.testing.assert_close(k.linear(x, wp, 97, r), x @ w + r, atol=1e-4, rtol=1e-4)
+kc, vc = torch.randn(3, 2, 40, 32), torch.randn(3, 2, 40, 32)
+q, kn, vn = torch.randn(3, 4, 32), torch.randn(3, 2, 32), torch.randn(3, 2, 32)
+pos = torch.tensor([5, 39, 0])
+out = k.decode_attention(q, kn, vn, kc, vc, pos, 1 / math.sqrt(32))
+for b in range(3):
+    L = int(pos[b]) + 1
+    ref = F.scaled_dot_product_attention(q[b][:, None], kc[b, :, :L], vc[b, :, :L], enable_gqa=True)
+    torch.testing.assert_close(out[b], ref.reshape(-1), atol=2e-5, rtol=1e-4)
+logits = torch.randn(6, 500) * 3
+kw = [dict(temperature=1.0), dict(temperature=0.7, top_p=0.9), dict(temperature=1.3, top_k=40)]
+fast = sample_rows(logits, [Sampler(**kw[i % 3], seed=i) for i in range(6)])
+with k.disabled():
+    slow = sample_rows(logits, [Sampler(**kw[i % 3], seed=i) for i in range(6)])
+assert fast == slow, (fast, slow)
+print("ok", k._state["panel"])
+"""
+
+
+@pytest.mark.skipif(cpu_kernels._compiler() is None or sys.platform != "linux" or os.uname().machine != "x86_64",
+                    reason="needs a C compiler on x86-64")
+@pytest.mark.parametrize("arch, panel", [("x86-64-v3", 16), ("x86-64", 8)])
+def test_the_avx2_and_sse_builds_compute_the_same(tmp_path, arch: str, panel: int) -> None:
+    """The kernels built for narrower vectors (AVX2: 8 floats, SSE2: 4), as on machines without AVX-512."""
+    assert _python(CHECK_ALL, SCALELAB_KERNEL_ARCH=arch, SCALELAB_KERNEL_CACHE=str(tmp_path)) == f"ok {panel}"

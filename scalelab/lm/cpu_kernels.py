@@ -20,7 +20,8 @@ A decode step of the demo model (5.3M parameters, 130 cached positions): 1 row 0
 The C file is compiled with the system C compiler (``$CC``, else ``cc`` or ``gcc``; ``-O3 -march=native
 -fopenmp``) into ``$SCALELAB_KERNEL_CACHE`` (default ``~/.cache/scalelab/kernels``; the temp dir when home cannot
 be written), under a name keyed by the source, the compiler and the CPU, so it builds once per machine (~0.5 s).
-Without a compiler, or with ``SCALELAB_CPU_KERNELS=0``, ``available()`` is False and callers keep torch's paths;
+``SCALELAB_KERNEL_ARCH`` replaces ``native`` (``x86-64-v3``: AVX2 vectors; ``x86-64``: SSE2; the tests build those
+too). Without a compiler, or with ``SCALELAB_CPU_KERNELS=0``, ``available()`` is False and callers keep torch's paths;
 ``why_unavailable()`` says why. Tests: tests/test_cpu_kernels.py (against torch matmul, SDPA and softmax draws).
 """
 
@@ -82,7 +83,8 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler found (set CC)"
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    arch = os.environ.get("SCALELAB_KERNEL_ARCH", "native")  # e.g. x86-64-v3 for AVX2, x86-64 for SSE2 only
+    flags = ["-O3", f"-march={arch}", "-fopenmp", "-shared", "-fPIC"]
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
