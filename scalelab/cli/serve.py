@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(f"serving '{served.model_id}' (context {served.context_length} tokens) on http://{shown}:{cfg.port}  "
           f"(chat page at /, API at /v1)", flush=True)
-    backend = served.engine.stats().get("decoder")
-    if backend == "torch" and str(getattr(served.engine._batch.dec, "device", "")) == "cpu":
+    on_cpu = next(served.engine.model.parameters()).device.type == "cpu"
+    if on_cpu and served.engine.stats()["decoder"] == "torch":
         from scalelab.lm import cpu_kernels
 
         print(f"note: decoding with torch alone, 1.3-2x slower on CPU than scalelab's kernels "

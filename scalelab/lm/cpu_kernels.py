@@ -200,7 +200,7 @@ def decode_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, 
     if (any(t.dtype != torch.float32 for t in tensors) or not (k_cache.is_contiguous() and v_cache.is_contiguous())
             or positions.dtype != torch.int64 or positions.shape != (B,) or B > k_cache.shape[0]
             or k_new.shape != (B, Hkv, hd) or v_new.shape != (B, Hkv, hd) or H % Hkv
-            or hd % (int(_state["panel"]) // 2)):  # type: ignore[arg-type]
+            or not attention_supported(hd)):
         raise ValueError("decode_attention wants fp32 q (B, H, hd), k/v (B, Hkv, hd) with hd a multiple of the vector "
                          "width, contiguous caches with at least B rows and int64 positions (B,), got q "
                          f"{tuple(q.shape)}, k {tuple(k_new.shape)}, cache {tuple(k_cache.shape)}, positions "

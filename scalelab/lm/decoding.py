@@ -110,11 +110,12 @@ def _fused_weights(m: GPT) -> tuple[list[tuple[_Proj, _Proj, _Proj, _Proj]], _Pr
     Cached per model while its parameters keep their storage and version counters (an optimizer step, a
     ``load_state_dict`` or ``.to()`` changes them), which saves ~10-20 ms per ``generate`` call on a 5M model.
     """
-    key = (cpu_kernels.available(), *((p.data_ptr(), p._version, p.dtype, p.device) for p in m.parameters()))
+    cpu = m.embed_tokens.weight.device.type == "cpu"
+    kernels = cpu and cpu_kernels.available()  # (never builds the CPU kernels for a GPU model)
+    key = (kernels, *((p.data_ptr(), p._version, p.dtype, p.device) for p in m.parameters()))
     hit = _FUSED.get(m)
     if hit is not None and hit[0] == key:
         return hit[1]
-    cpu = m.embed_tokens.weight.device.type == "cpu"
 
     def proj(w: torch.Tensor, norm: torch.Tensor | None = None) -> _Proj:
         w = w.detach().t()  # (in, out)
@@ -286,24 +287,19 @@ class Decoder:
             raise ValueError(f"the KV cache is full (context length {self.max_len})")
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
         lo, hi = min(lengths), max(lengths)
-        if self._kernel_attn:
-            pos = torch.tensor(lengths, dtype=torch.long)
-            rot = self.rot[lo:lo + 1][None, :, None] if lo == hi else self.rot[pos][:, None, None]
-            logits = self._forward(idx, slice(0, n), rot, None, hi + 1, None, causal=False, positions=pos)
-            for r in range(n):
-                self.lengths[r] += 1
-            return logits
-        if lo == hi:  # all rows at one position (always so for one row): slices, no mask
-            rot = self.rot[lo:lo + 1][None, :, None]
+        write = mask = positions = None
+        pos = None if lo == hi and not self._kernel_attn else torch.tensor(lengths, dtype=torch.long,
+                                                                             device=self.device)
+        rot = self.rot[lo:lo + 1][None, :, None] if lo == hi else self.rot[pos][:, None, None]  # (n|1, 1, 1, hd/2)
+        if self._kernel_attn:  # the kernel writes each row's keys/values at its position and needs no mask
+            positions = pos
+        elif lo == hi:  # all rows at one position (always so for one row): slices, no mask
 
             def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
                 self.k_layers[i][:n, :, lo] = k[:, 0]
                 self.v_layers[i][:n, :, lo] = v[:, 0]
 
-            mask = None
         else:
-            pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
-            rot = self.rot[pos][:, None, None]  # (n, 1, 1, hd/2)
             rows = torch.arange(n, device=self.device)
 
             def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -311,7 +307,7 @@ class Decoder:
                 self.v_layers[i][rows, :, pos] = v[:, 0]
 
             mask = (torch.arange(hi + 1, device=self.device)[None] <= pos[:, None])[:, None, None]  # (n, 1, 1, L)
-        logits = self._forward(idx, slice(0, n), rot, write, hi + 1, mask, causal=False)
+        logits = self._forward(idx, slice(0, n), rot, write, hi + 1, mask, causal=False, positions=positions)
         for r in range(n):
             self.lengths[r] += 1
         return logits

@@ -300,6 +300,7 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1, max_queue >= 0 and stream_interval an integer >= 1 or 'auto', "
                              f"got {max_batch}, {max_queue} and {stream_interval!r}")
         self.stream_interval: int | str = stream_interval
+        self._request_interval = None if auto else int(stream_interval)  # None: follow ``_Wakeups.interval``
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         self.model = _unwrap(model).eval()
@@ -364,8 +365,7 @@ class Engine:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens}")
         sampler = Sampler(temperature, top_k, top_p, seed)
         row = _EngineRow(prompt, room if max_tokens is None else min(int(max_tokens), room), sampler, stop_ids)
-        interval = None if self.stream_interval == "auto" else int(self.stream_interval)
-        req = row.request = Request(row, self.tokenizer, stop_strings, self._wakeups, interval)
+        req = row.request = Request(row, self.tokenizer, stop_strings, self._wakeups, self._request_interval)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine is closed")
