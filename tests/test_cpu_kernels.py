@@ -52,9 +52,9 @@ def test_decode_attention_refuses_positions_outside_the_cache() -> None:
     kc, q = torch.zeros(2, 1, 8, 16), torch.zeros(2, 1, 16)
     for bad in ([0, 8], [-1, 0], [0]):
         with pytest.raises(ValueError, match="positions"):
-            cpu_kernels.decode_attention(q, q, q, kc, kc.clone(), torch.tensor(bad), 0.25)
+            cpu_kernels.attention(q, q, q, kc, kc.clone(), torch.tensor(bad), 0.25)
     with pytest.raises(ValueError, match="fp32"):
-        cpu_kernels.decode_attention(q.double(), q, q, kc, kc.clone(), torch.tensor([0, 1]), 0.25)
+        cpu_kernels.attention(q.double(), q, q, kc, kc.clone(), torch.tensor([0, 1]), 0.25)
 
 
 @needs_kernels
@@ -69,7 +69,7 @@ def test_decode_attention_writes_the_cache_and_matches_sdpa_per_row(b: int, h: i
     qkv = torch.randn(b, (h + 2 * hkv) * hd) * 4  # large scores: some exp(s - max) underflow to 0
     q, kn, vn = (t.reshape(b, -1, hd) for t in qkv.split([h * hd, hkv * hd, hkv * hd], dim=1))  # strided rows
     kref, vref = kc.clone(), vc.clone()
-    out = cpu_kernels.decode_attention(q, kn, vn, kc, vc, pos, 1 / math.sqrt(hd))
+    out = cpu_kernels.attention(q, kn, vn, kc, vc, pos, 1 / math.sqrt(hd))
     for r in range(b):
         kref[r, :, pos[r]], vref[r, :, pos[r]] = kn[r], vn[r]
     torch.testing.assert_close(kc, kref, atol=0, rtol=0)
@@ -78,6 +78,28 @@ def test_decode_attention_writes_the_cache_and_matches_sdpa_per_row(b: int, h: i
         L = int(pos[r]) + 1
         ref = F.scaled_dot_product_attention(q[r][:, None], kref[r, :, :L], vref[r, :, :L], enable_gqa=h != hkv)
         torch.testing.assert_close(out[r], ref.reshape(-1), atol=2e-5, rtol=1e-4)
+
+
+@needs_kernels
+def test_attention_takes_a_prompt_and_decode_tokens_in_one_call() -> None:
+    """Packed queries: row 1's prompt chunk (positions 3..7, causal over its cached 0..2) between decode tokens of
+    rows 2 and 0; each query matches SDPA over its own row's prefix, its own new key included."""
+    torch.manual_seed(5)
+    hd = 32 if cpu_kernels.attention_supported(32) else 64
+    kc, vc = torch.randn(3, 2, 24, hd), torch.randn(3, 2, 24, hd)
+    rows, pos = torch.tensor([2, 1, 1, 1, 1, 1, 0]), torch.tensor([9, 3, 4, 5, 6, 7, 0])
+    q, kn, vn = torch.randn(7, 4, hd), torch.randn(7, 2, hd), torch.randn(7, 2, hd)
+    kref, vref = kc.clone(), vc.clone()
+    out = cpu_kernels.attention(q, kn, vn, kc, vc, pos, 1 / math.sqrt(hd), rows)
+    for i in range(7):
+        kref[rows[i], :, pos[i]], vref[rows[i], :, pos[i]] = kn[i], vn[i]
+    torch.testing.assert_close(kc, kref, atol=0, rtol=0)
+    for i in range(7):
+        r, L = int(rows[i]), int(pos[i]) + 1
+        ref = F.scaled_dot_product_attention(q[i][:, None], kref[r, :, :L], vref[r, :, :L], enable_gqa=True)
+        torch.testing.assert_close(out[i], ref.reshape(-1), atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="rows"):
+        cpu_kernels.attention(q, kn, vn, kc, vc, pos, 0.1, torch.tensor([0, 1, 1, 1, 1, 1, 3]))
 
 
 def _python(code: str, **env: str) -> str:
@@ -100,7 +122,7 @@ def test_without_a_compiler_or_when_turned_off_torch_paths_stay(tmp_path) -> Non
             "m = GPT(ModelConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, n_kv_head=2)).eval()\n"
             "d = Decoder(m, max_batch=2); d.prefill(0, [1, 2, 3]); d.prefill(1, [4])\n"
             "got = d.decode([5, 6]); ref = m(torch.tensor([[1, 2, 3, 5]]))[0][0, -1]\n"
-            "print(d._kernel_attn, d.layers[0][0].panels is None, bool((got[0] - ref).abs().max() < 1e-4))")
+            "print(d.packed, d.layers[0][0].panels is None, bool((got[0] - ref).abs().max() < 1e-4))")
     assert _python(code, SCALELAB_CPU_KERNELS="0") == "False True True"
 
 
@@ -153,7 +175,7 @@ for m in (1, 3, 8, 9):
 kc, vc = torch.randn(3, 2, 40, 32), torch.randn(3, 2, 40, 32)
 q, kn, vn = torch.randn(3, 4, 32), torch.randn(3, 2, 32), torch.randn(3, 2, 32)
 pos = torch.tensor([5, 39, 0])
-out = k.decode_attention(q, kn, vn, kc, vc, pos, 1 / math.sqrt(32))
+out = k.attention(q, kn, vn, kc, vc, pos, 1 / math.sqrt(32))
 for b in range(3):
     L = int(pos[b]) + 1
     ref = F.scaled_dot_product_attention(q[b][:, None], kc[b, :, :L], vc[b, :, :L], enable_gqa=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from scalelab.lm import cpu_kernels, decoding
 from scalelab.lm.engine import (
     Decoder,
     Engine,
@@ -106,12 +107,11 @@ def one_thread():
 @pytest.mark.parametrize("kernels", ["scalelab CPU kernels", "torch only"])
 @pytest.mark.parametrize("n_kv_head", [4, 2])
 def test_decoder_logits_match_model_forward_with_ragged_rows(n_kv_head: int, kernels: str) -> None:
-    from scalelab.lm import cpu_kernels
 
     model = random_model(n_kv_head=n_kv_head)
     with contextlib.nullcontext() if kernels == "scalelab CPU kernels" else cpu_kernels.disabled():
         dec = Decoder(model, max_batch=3)
-    assert dec._kernel_attn == (kernels == "scalelab CPU kernels" and cpu_kernels.available())
+    assert dec.packed == (kernels == "scalelab CPU kernels" and cpu_kernels.available())
     seqs = [torch.randint(0, 97, (n,)).tolist() for n in (5, 11, 1)]
     with torch.no_grad():
         for row, s in enumerate(seqs):
@@ -173,7 +173,31 @@ def test_generation_stops_at_the_context_length_and_checks_the_prompt() -> None:
         generate(model, [1], 5, temperature=-1)
 
 
-def test_batched_generation_equals_one_by_one() -> None:
+@pytest.mark.skipif(not cpu_kernels.available(), reason="needs scalelab's CPU kernels (a C compiler)")
+def test_packed_forward_mixes_decode_tokens_and_prompt_chunks() -> None:
+    """One forward_tokens call: rows 0 and 2 decode a token each while row 1's prompt goes in as two chunks (the
+    second chunk in a later call, behind cached tokens); every logit row matches the model's full forward."""
+    model = random_model(n_kv_head=2)
+    dec = Decoder(model, max_batch=3)
+    assert dec.packed
+    a, b, c = ([int(t) for t in torch.randint(0, 97, (n,))] for n in (6, 9, 3))
+    with torch.no_grad():
+        dec.prefill(0, a[:-1])
+        dec.prefill(2, c[:-1])
+        got = dec.forward_tokens([a[-1], *b[:5], c[-1]], [0, 1, 1, 1, 1, 1, 2], [5, 0, 1, 2, 3, 4, 2], [0, 4, 5, 6])
+        for row, seq in zip(got, (a, b[:4], b[:5], c)):
+            assert (row - model(torch.tensor([seq]))[0][0, -1]).abs().max() < 1e-4
+        got = dec.forward_tokens(b[5:], [1] * 4, range(5, 9))  # the prompt's rest, causal over its cached start
+        for i in range(4):
+            assert (got[i] - model(torch.tensor([b[:6 + i]]))[0][0, -1]).abs().max() < 1e-4
+        with pytest.raises(ValueError, match="context length"):
+            dec.forward_tokens([1], [0], [dec.max_len])
+
+
+@pytest.mark.parametrize("chunk", [512, 4])
+def test_batched_generation_equals_one_by_one(monkeypatch, chunk: int) -> None:
+    """chunk 4: prompts go in 4 tokens a step (chunked prefill) while the other rows decode."""
+    monkeypatch.setattr(decoding, "PREFILL_CHUNK", chunk)
     model = random_model()
     torch.manual_seed(1)
     prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 9, 1, 15, 4, 7)]
@@ -236,7 +260,6 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
 @pytest.mark.parametrize("kernels", ["scalelab CPU kernels", "torch only"])
 def test_sampled_frequencies_follow_the_filtered_softmax(kernels: str) -> None:
     """Draws follow softmax(logits / T) restricted by top-k / top-p and renormalised (4,000 draws a setting)."""
-    from scalelab.lm import cpu_kernels
     from scalelab.lm.sampling import sample_rows
 
     with contextlib.nullcontext() if kernels == "scalelab CPU kernels" else cpu_kernels.disabled():
@@ -485,7 +508,6 @@ def test_decoding_inside_a_training_autocast_region() -> None:
 def test_one_row_projection_paths_match_the_model(threads: int) -> None:
     """Without scalelab's CPU kernels, one row goes through per-thread weight slices (bmm) when torch has several
     threads, plain mm otherwise."""
-    from scalelab.lm import cpu_kernels
     from scalelab.lm.decoding import _fused_weights
 
     before = torch.get_num_threads()

@@ -1,5 +1,5 @@
-/* scalelab's CPU decoding kernels, fp32: sl_linear (y = x @ W [+ res] for few rows x), sl_decode_attention (one
- * decode step of attention with the cache writes) and sl_sample (temperature / top-k / top-p draws).
+/* scalelab's CPU decoding kernels, fp32: sl_linear (y = x @ W [+ res] for few rows x), sl_attention (new
+ * tokens' attention over the KV cache, with the cache writes) and sl_sample (temperature / top-k / top-p draws).
  *
  * Built and loaded by scalelab/lm/cpu_kernels.py (cc -O3 -march=native -fopenmp, on the machine that runs it).
  * Why: a decode step multiplies 1-8 activation rows by each weight matrix. oneDNN's packed linear, torch's best
@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <omp.h>
 
 #if defined(__AVX512F__)
 #define VEC 16
@@ -139,31 +140,34 @@ void sl_pack(const float *w, float *wp, long K, long N) {
     }
 }
 
-/* One decode step of attention for B rows, one new query each, rows at their own positions (no mask needed).
+/* Attention over the KV cache for N packed queries: the new tokens of a decode step (one per cache row), of a
+ * prompt (consecutive positions of one row), or both in one call.
  *
- * Row b's new key and value (knew / vnew: (B, Hkv, hd) at row strides ldk / ldv floats) are first written into the
- * caches at position pos[b]; then each query head h (q: (B, H, hd) at row stride ldq) attends to positions
- * 0..pos[b] of its key/value head h / (H / Hkv). Caches: (max_batch, Hkv, T, hd), contiguous. out: (B, H, hd),
- * contiguous. scratch: B * H * T floats. Softmax in fp32 with the running maximum subtracted, as torch's.
- * Returns -1 (and writes nothing) when a position lies outside 0..T-1, else 0. */
-int sl_decode_attention(const float *q, long ldq, const float *knew, long ldk, const float *vnew, long ldv,
-                        float *kc, float *vc, const long *pos, long B, long H, long Hkv, long hd, long T,
-                        float scale, float *out, float *scratch, int threads) {
-    for (long b = 0; b < B; b++)
-        if (pos[b] < 0 || pos[b] >= T) return -1; /* nothing written */
-    for (long b = 0; b < B; b++)
+ * Query i's key and value (knew / vnew: (N, Hkv, hd) at row strides ldk / ldv floats) are first all written into
+ * cache row rows[i] at position pos[i]; then each query head h (q: (N, H, hd) at row stride ldq) attends to that
+ * row's positions 0..pos[i] of its key/value head h / (H / Hkv), so the queries of one prompt are causal and rows
+ * at different lengths need no mask. rows NULL: query i uses cache row i. Caches: (R, Hkv, T, hd), contiguous.
+ * out: (N, H, hd), contiguous. scratch: threads * T floats. Softmax in fp32 with the running maximum subtracted,
+ * as torch's. Returns -1 (and writes nothing) when a row lies outside 0..R-1 or a position outside 0..T-1. */
+int sl_attention(const float *q, long ldq, const float *knew, long ldk, const float *vnew, long ldv, float *kc,
+                 float *vc, const long *rows, const long *pos, long N, long R, long H, long Hkv, long hd, long T,
+                 float scale, float *out, float *scratch, int threads) {
+    for (long i = 0; i < N; i++)
+        if (pos[i] < 0 || pos[i] >= T || (rows ? rows[i] : i) < 0 || (rows ? rows[i] : i) >= R) return -1;
+    for (long i = 0; i < N; i++)
         for (long g = 0; g < Hkv; g++) {
-            size_t at = ((size_t)(b * Hkv + g) * T + pos[b]) * hd;
-            memcpy(kc + at, knew + b * ldk + g * hd, hd * sizeof(float));
-            memcpy(vc + at, vnew + b * ldv + g * hd, hd * sizeof(float));
+            size_t at = ((size_t)((rows ? rows[i] : i) * Hkv + g) * T + pos[i]) * hd;
+            memcpy(kc + at, knew + i * ldk + g * hd, hd * sizeof(float));
+            memcpy(vc + at, vnew + i * ldv + g * hd, hd * sizeof(float));
         }
     long group = H / Hkv, chunks = hd / VEC;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && B * H > 1)
-    for (long bh = 0; bh < B * H; bh++) {
-        long b = bh / H, h = bh % H, L = pos[b] + 1;
-        const float *qv = q + b * ldq + h * hd;
-        const float *K = kc + (size_t)(b * Hkv + h / group) * T * hd, *V = vc + (size_t)(b * Hkv + h / group) * T * hd;
-        float *s = scratch + (size_t)bh * T, m = -__builtin_inff(), sum = 0.0f;
+    /* (static, 1): round robin, so a prompt's queries (each one position longer than the last) share out evenly */
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1 && N * H > 1)
+    for (long ih = 0; ih < N * H; ih++) {
+        long i = ih / H, h = ih % H, L = pos[i] + 1, r = rows ? rows[i] : i;
+        const float *qv = q + i * ldq + h * hd;
+        const float *K = kc + (size_t)(r * Hkv + h / group) * T * hd, *V = vc + (size_t)(r * Hkv + h / group) * T * hd;
+        float *s = scratch + (size_t)omp_get_thread_num() * T, m = -__builtin_inff(), sum = 0.0f;
         for (long j = 0; j < L; j++) {
             vec acc = (vec){0};
             for (long c = 0; c < chunks; c++) acc += load(qv + c * VEC) * load(K + j * hd + c * VEC);
@@ -186,7 +190,7 @@ int sl_decode_attention(const float *q, long ldq, const float *knew, long ldk, c
             float p = s[j] * inv;
             for (long c = 0; c < chunks; c++) o[c] += p * load(V + j * hd + c * VEC);
         }
-        for (long c = 0; c < chunks; c++) store(out + (size_t)bh * hd + c * VEC, o[c]);
+        for (long c = 0; c < chunks; c++) store(out + (size_t)ih * hd + c * VEC, o[c]);
     }
     return 0;
 }

@@ -18,8 +18,10 @@ Three ways in, all on the same decode path (``Decoder``):
     engine.close()                 # stops the thread; unfinished requests end "cancelled"
 
 The ``Engine`` scheduler (one background thread): each step it (1) admits waiting requests into free rows of one
-shared KV cache, prefilling each prompt, (2) decodes one token for *all* active rows in one forward pass (rows sit
-at different positions; a mask keeps each to its own prefix), (3) samples each row with its own seeded generator,
+shared KV cache, (2) runs one forward pass for *all* active rows: a decode token each, rows at different positions
+(the CPU attention kernel, or a mask, keeps each to its own prefix), and with the CPU kernels the new rows' prompts
+in the same pass (chunked prefill, ``decoding.PREFILL_CHUNK`` prompt tokens a step at most; without them each prompt
+is prefilled on admission), (3) samples each row with its own seeded generator,
 detokenises incrementally, applies stop ids / stop strings / budgets, and (4) retires finished or cancelled rows,
 moving the last active row into the hole so active rows always occupy rows 0..n-1 (the forward only touches them).
 Concurrent clients share the cost of reading the weights: on 2 CPU cores a batch-8 decode step of the 5.3M-parameter
@@ -412,8 +414,7 @@ class Engine:
                     if row.cancelled():
                         row.request._emit("", "cancelled")
                     else:
-                        batch.admit(row)
-                        self.tokens += 1
+                        self.tokens += batch.admit(row)  # with the CPU kernels, the prompt goes in with the step
                 gone = [i for i, r in enumerate(batch.rows) if r.cancelled()]
                 for i in gone:
                     batch.rows[i].request._emit("", "cancelled")
@@ -423,9 +424,8 @@ class Engine:
                 if batch.rows:
                     n = len(batch.rows)
                     self._wakeups.interval = max(1, n // 2)  # for "auto" stream intervals
-                    batch.step()
+                    self.tokens += batch.step()
                     self.steps += 1
-                    self.tokens += n
                 self._wakeups.flush()
         except BaseException as e:  # fail every open request rather than leave its reader hanging
             self._fail(e)
