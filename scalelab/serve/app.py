@@ -303,21 +303,25 @@ def _finish(req: Any) -> str:
 async def _stream(req: Any, first: Callable[[], dict | None],
                   piece: Callable[[str], dict], last: Callable[[str], dict], usage: Callable[[], dict] | None,
                   ) -> AsyncIterator[str]:
-    """Server-sent events: optional opening chunk, one chunk per delta, the finishing chunk, usage, [DONE]."""
+    """Server-sent events: optional opening chunk, one chunk per delta, the finishing chunk, usage, [DONE].
+
+    Each yield is a socket write (a syscall, and a wake-up of the client), so the opening chunk goes out with the
+    first delta and the finishing chunk, usage and [DONE] go out together: 3 writes fewer per answer, events
+    unchanged.
+    """
+    head = ""
     try:
         opening = first()
-        if opening is not None:
-            yield _sse(opening)
+        head = _sse(opening) if opening is not None else ""
         async for delta in _deltas(req):
-            yield _sse(piece(delta))
-        yield _sse(last(_finish(req)))
-        if usage is not None:
-            yield _sse(usage())
+            yield head + _sse(piece(delta))
+            head = ""
+        tail = head + _sse(last(_finish(req))) + (_sse(usage()) if usage is not None else "")
     except Exception as e:  # the status line is already sent: report in-band, as OpenAI does
-        yield _sse(schemas.error_body(f"generation failed: {type(e).__name__}: {e}", "server_error"))
+        tail = head + _sse(schemas.error_body(f"generation failed: {type(e).__name__}: {e}", "server_error"))
     finally:
         req.cancel()
-    yield "data: [DONE]\n\n"
+    yield tail + "data: [DONE]\n\n"
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
