@@ -400,7 +400,7 @@ def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
     req._emit("", finish="length")
     assert seen == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3] and woken.count == 4  # first at once, then every 4, then the end
 
-    # "auto": the engine sets the interval each step to half the rows decoding (here 8 rows: every 4 deltas)
+    # "auto": the engine sets the interval each step (auto_stream_interval; here 4: every 4 deltas)
     woken.count, woken.interval = 0, 4
     row = _EngineRow([1], 100, Sampler(0.0), [])
     req = row.request = Request(row, tok, [], woken, stream_interval=None)
@@ -418,6 +418,20 @@ def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
     assert all(len(o) <= 2 + (n - 1) // 2 for o in outs)  # 8 rows for most steps: at least 2 tokens an event
     with pytest.raises(ValueError, match="stream_interval"):
         Engine(model, stream_interval="fast")
+
+
+def test_auto_stream_interval_is_one_wakeup_a_step_within_the_delay_bound() -> None:
+    from scalelab.lm.engine import AUTO_MAX_DELAY, auto_stream_interval
+
+    assert auto_stream_interval(1, 0.001) == 1  # one stream: every token
+    assert auto_stream_interval(8, 0.001) == 8  # 8 streams, 1 ms steps: 8 tokens (7 ms held back at most)
+    assert auto_stream_interval(8, 0.005) == 5  # 5 ms steps: 4 steps = 20 ms held back at most
+    assert auto_stream_interval(8, 0.05) == 1  # a slow model streams every token
+    assert auto_stream_interval(16, 0.0) == 16 and auto_stream_interval(0, 0.001) == 1
+    for rows in range(1, 33):
+        for step in (1e-4, 1e-3, 4e-3, 0.01, 0.03):
+            k = auto_stream_interval(rows, step)
+            assert 1 <= k <= rows and ((k - 1) * step <= AUTO_MAX_DELAY + 1e-12 or k == 1)
 
 
 async def _collect_deltas(req) -> list[str]:

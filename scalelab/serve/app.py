@@ -58,9 +58,9 @@ class ServeConfig:
     max_batch: int = field(default=16, metadata={"help": "sequences decoded together in one batch"})
     max_queue: int = field(default=64, metadata={"help": "requests waiting for a batch slot; more answer 429"})
     stream_interval: str = field(default="auto", metadata={
-        "help": "tokens per streamed event after the first: auto = half the streams decoding (every token for 1-3 "
-                "streams, 4 at 8: the HTTP work per decode step stays small on a busy CPU server); 1 = every token; "
-                "K = every K tokens"})
+        "help": "tokens per streamed event after the first: auto = the streams decoding (every token for one "
+                "stream, 8 at 8: about one event per decode step at any load, so the HTTP work stays small on a busy "
+                "CPU server), but text held back 20 ms at most; 1 = every token; K = every K tokens"})
     max_request_bytes: int = field(default=1_000_000, metadata={"help": "largest request body (bytes); more is 413"})
     cors_origin: list[str] = field(default_factory=list, metadata={
         "help": "origins allowed to call the API from a browser (e.g. http://localhost:3000); none = no CORS"})
