@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scalelab.lm import cpu_kernels, decoding
+from scalelab.lm import batching, cpu_kernels
 from scalelab.lm.engine import (
     Decoder,
     Engine,
@@ -197,7 +197,7 @@ def test_packed_forward_mixes_decode_tokens_and_prompt_chunks() -> None:
 @pytest.mark.parametrize("chunk", [512, 4])
 def test_batched_generation_equals_one_by_one(monkeypatch, chunk: int) -> None:
     """chunk 4: prompts go in 4 tokens a step (chunked prefill) while the other rows decode."""
-    monkeypatch.setattr(decoding, "PREFILL_CHUNK", chunk)
+    monkeypatch.setattr(batching, "PREFILL_CHUNK", chunk)
     model = random_model()
     torch.manual_seed(1)
     prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 9, 1, 15, 4, 7)]
@@ -298,7 +298,7 @@ def test_text_stream_never_emits_broken_utf8(tok) -> None:
 
 
 def test_stop_strings_are_trimmed_and_held_back(tok) -> None:
-    from scalelab.lm.decoding import _StopStrings
+    from scalelab.lm.textstream import _StopStrings
 
     s = _StopStrings(["\n\n", "END"])
     outs = [s.push(d) for d in ("Hi", "\n", "there", "E", "N", "D more")]

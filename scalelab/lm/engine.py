@@ -20,7 +20,7 @@ Three ways in, all on the same decode path (``Decoder``):
 The ``Engine`` scheduler (one background thread): each step it (1) admits waiting requests into free rows of one
 shared KV cache, (2) runs one forward pass for *all* active rows: a decode token each, rows at different positions
 (the CPU attention kernel, or a mask, keeps each to its own prefix), and with the CPU kernels the new rows' prompts
-in the same pass (chunked prefill, ``decoding.PREFILL_CHUNK`` prompt tokens a step at most; without them each prompt
+in the same pass (chunked prefill, ``batching.PREFILL_CHUNK`` prompt tokens a step at most; without them each prompt
 is prefilled on admission), (3) samples each row with its own seeded generator,
 detokenises incrementally, applies stop ids / stop strings / budgets, and (4) retires finished or cancelled rows,
 moving the last active row into the hole so active rows always occupy rows 0..n-1 (the forward only touches them).
@@ -35,7 +35,8 @@ Text: ``TextStream`` turns ids into text deltas that never hold a broken UTF-8 c
 one across tokens: text ending in U+FFFD is held back until the character completes). Stop strings are trimmed,
 and text that might be the start of a stop string is held back until it is known not to be one.
 
-The decoder, sampler, detokeniser and ``generate`` live in scalelab/lm/decoding.py and are re-exported here.
+The decoder (scalelab/lm/decoding.py), batches and ``generate`` (batching.py), sampler (sampling.py) and
+detokeniser (textstream.py) are re-exported here.
 Tests: ``.venv/bin/pytest tests/test_engine.py -q``; speed: ``.venv/bin/python benchmarks/bench_generate.py``.
 """
 
@@ -53,20 +54,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from scalelab.lm.decoding import (
-    Decoder,
-    Sampler,
-    TextStream,
-    _backend,
-    _Batch,
-    _check_prompt,
-    _Row,
-    _StopStrings,
-    _unwrap,
-    generate,
-    generate_batch,
-)
+from scalelab.lm.batching import _Batch, _check_prompt, _Row, generate, generate_batch
+from scalelab.lm.decoding import Decoder, _unwrap
 from scalelab.lm.model import GPT
+from scalelab.lm.sampling import Sampler
+from scalelab.lm.textstream import TextStream, _backend, _StopStrings
 
 __all__ = ["AUTO_MAX_DELAY", "Decoder", "Engine", "QueueFull", "Request", "Sampler", "TextStream",
            "auto_stream_interval", "generate", "generate_batch", "load_for_inference", "run_in_fresh_thread"]
