@@ -194,14 +194,21 @@ def test_packed_forward_mixes_decode_tokens_and_prompt_chunks() -> None:
             dec.forward_tokens([1], [0], [dec.max_len])
 
 
+@pytest.mark.parametrize("kernels", [True, False])
 @pytest.mark.parametrize("chunk", [512, 4])
-def test_batched_generation_equals_one_by_one(monkeypatch, chunk: int) -> None:
-    """chunk 4: prompts go in 4 tokens a step (chunked prefill) while the other rows decode."""
+def test_batched_generation_equals_one_by_one(monkeypatch, chunk: int, kernels: bool) -> None:
+    """chunk 4: prompts go in 4 tokens a step (chunked prefill) while the other rows decode. kernels False: torch's
+    attention, where each prompt is prefilled on admission."""
     monkeypatch.setattr(batching, "PREFILL_CHUNK", chunk)
+    if not kernels:
+        monkeypatch.setitem(cpu_kernels._state, "off", True)
     model = random_model()
     torch.manual_seed(1)
     prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 9, 1, 15, 4, 7)]
     alone = [list(generate(model, p, 12, temperature=0)) for p in prompts]
+    assert alone[3] == full_forward_greedy(model, prompts[3], 12)
+    # one long prompt alone: its first steps feed chunks and sample nothing
+    assert generate_batch(model, [prompts[3]], 12, temperature=0, max_batch=1) == [alone[3]]
     stop = alone[0][3]  # a stop id that ends some rows early, at different steps
     alone_stop = [list(generate(model, p, 12, temperature=0, stop_ids=[stop])) for p in prompts]
     assert any(len(a) < 12 for a in alone_stop)
