@@ -436,7 +436,8 @@ class Engine:
                     t = time.perf_counter()
                     self.tokens += batch.step()
                     self.steps += 1
-                    step_time += 0.1 * (time.perf_counter() - t - step_time)  # a running mean
+                    dt = time.perf_counter() - t
+                    step_time = dt if not step_time else step_time + 0.1 * (dt - step_time)  # a running mean
                 self._wakeups.flush()
         except BaseException as e:  # fail every open request rather than leave its reader hanging
             self._fail(e)
