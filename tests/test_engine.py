@@ -441,6 +441,22 @@ def test_auto_stream_interval_is_one_wakeup_a_step_within_the_delay_bound() -> N
             assert 1 <= k <= rows and ((k - 1) * step <= AUTO_MAX_DELAY + 1e-12 or k == 1)
 
 
+def test_auto_stream_interval_sends_every_token_of_a_slow_model(tok) -> None:
+    """Steps of 30 ms (a big model): "auto" holds no text back, from the first steps on."""
+    model = random_model()
+    prompt = torch.randint(6, 97, (5,)).tolist()
+    with Engine(model, tok, max_batch=4, stream_interval="auto") as engine:
+        batch = engine._batch
+        step = batch.step
+        batch.step = lambda: (time.sleep(0.03), step())[1]
+
+        async def four() -> list[list[str]]:
+            reqs = [engine.submit(prompt, max_tokens=6, temperature=0) for _ in range(4)]
+            return await asyncio.gather(*[_collect_deltas(r) for r in reqs])
+        outs = asyncio.run(four())
+    assert [len(o) for o in outs] == [6, 6, 6, 6]
+
+
 async def _collect_deltas(req) -> list[str]:
     return [d async for d in req]
 
