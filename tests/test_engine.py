@@ -112,7 +112,7 @@ def test_decoder_logits_match_model_forward_with_ragged_rows(n_kv_head: int, ker
     with contextlib.nullcontext() if kernels == "scalelab CPU kernels" else cpu_kernels.disabled():
         dec = Decoder(model, max_batch=3)
     assert dec.packed == (kernels == "scalelab CPU kernels" and cpu_kernels.available())
-    seqs = [torch.randint(0, 97, (n,)).tolist() for n in (5, 11, 1)]
+    seqs = [torch.randint(0, 97, (n,)).tolist() for n in (11, 5, 1)]  # the first row the longest
     with torch.no_grad():
         for row, s in enumerate(seqs):
             ref = model(torch.tensor([s]))[0][0, -1]
@@ -124,7 +124,7 @@ def test_decoder_logits_match_model_forward_with_ragged_rows(n_kv_head: int, ker
             assert (got[row] - ref).abs().max() < 1e-4
         got = dec.prefill(1, [4, 5, 6])  # a prefill after cached tokens (causal inside the new ones)
         assert (got[0] - model(torch.tensor([seqs[1] + [7, 4, 5, 6]]))[0][0, -1]).abs().max() < 1e-4
-    assert dec.lengths == [6, 15, 2]
+    assert dec.lengths == [12, 9, 2]
 
 
 def test_decoder_follows_weight_changes_and_bf16_rows() -> None:
@@ -217,6 +217,54 @@ def test_batched_generation_equals_one_by_one(monkeypatch, chunk: int, kernels: 
         assert generate_batch(model, prompts, 12, temperature=0, stop_ids=[stop], max_batch=max_batch) == alone_stop
     sampled = generate_batch(model, prompts, 10, temperature=1.0, seed=7, max_batch=3)
     assert sampled == [list(generate(model, p, 10, temperature=1.0, seed=7 + i)) for i, p in enumerate(prompts)]
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("chunk", [512, 4])
+def test_every_row_samples_from_its_full_forward_logits(monkeypatch, chunk: int, kernels: bool) -> None:
+    """Whatever the batch does (ragged rows, the longest first or last, rows retired and moved, prompts chunked
+    beside decode tokens), each logit row sampled equals the model's full forward of that row's tokens so far.
+    (Greedy tokens of a random model hardly move when a row's positions are wrong; logits do.)"""
+    monkeypatch.setattr(batching, "PREFILL_CHUNK", chunk)
+    if not kernels:
+        monkeypatch.setitem(cpu_kernels._state, "off", True)
+    model = random_model(n_kv_head=2)
+    torch.manual_seed(3)
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (13, 2, 7, 1, 10)]
+    rows: dict[int, list[int]] = {}  # id(sampler) -> prompt + output so far
+    checked = []
+
+    def record(logits, samplers, tokens) -> None:
+        for lg, smp, t in zip(logits, samplers, tokens):
+            seq = rows[id(smp)]
+            with torch.no_grad():
+                ref = model(torch.tensor([seq]))[0][0, -1]
+            checked.append(float((lg - ref).abs().max()))
+            seq.append(t)
+
+    class Tracked(batching.Sampler):  # one row's draws outside a batch (torch's path: the first, on admission)
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            rows[id(self)] = list(prompts[len(rows)])
+
+        def __call__(self, logits):
+            token = super().__call__(logits)
+            record(logits[None], [self], [token])
+            return token
+
+    real = batching.sample_rows
+
+    def batched(logits, samplers):
+        tokens = real(logits, samplers)
+        record(logits, samplers, tokens)
+        return tokens
+
+    monkeypatch.setattr(batching, "sample_rows", batched)
+    monkeypatch.setattr(batching, "Sampler", Tracked)
+    for smp_rows in (2, 32):
+        rows.clear()
+        generate_batch(model, prompts, 9, temperature=0, max_batch=smp_rows)
+    assert len(checked) > 40 and max(checked) < 1e-4, max(checked)
 
 
 def test_generation_stops_at_end_of_turn(tok) -> None:

@@ -277,15 +277,15 @@ class Decoder:
         """
         if not self.packed:
             raise RuntimeError("forward_tokens needs scalelab's CPU attention kernel (fp32 on CPU)")
-        if max(positions) >= self.max_len or min(positions) < 0:
+        if not positions or max(positions) >= self.max_len or min(positions) < 0:
             raise ValueError(f"positions must lie within the context length of {self.max_len}")
         dev = self.device
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         packed = _Packed(pos, None if rows is None else torch.tensor(rows, dtype=torch.long, device=dev),
                          None if last is None else torch.tensor(last, dtype=torch.long, device=dev))
         idx = torch.tensor(tokens, dtype=torch.long, device=dev)[:, None]  # (N, 1)
-        lo = positions[0]
-        if len(positions) == 1 or (rows is None and max(positions) == lo):  # one position for all: a slice
+        lo, hi = min(positions), max(positions)
+        if lo == hi:  # one position for all tokens: a slice
             rot = self.rot[lo:lo + 1][:, None, None]  # (1, 1, 1, hd/2)
         else:
             rot = self.rot[pos][:, None, None]  # (N, 1, 1, hd/2)
