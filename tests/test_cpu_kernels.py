@@ -48,7 +48,7 @@ def test_linear_refuses_what_it_cannot_take() -> None:
 
 
 @needs_kernels
-def test_decode_attention_refuses_positions_outside_the_cache() -> None:
+def test_attention_refuses_positions_outside_the_cache() -> None:
     kc, q = torch.zeros(2, 1, 8, 16), torch.zeros(2, 1, 16)
     for bad in ([0, 8], [-1, 0], [0]):
         with pytest.raises(ValueError, match="positions"):
@@ -59,7 +59,7 @@ def test_decode_attention_refuses_positions_outside_the_cache() -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("b, h, hkv, hd", [(8, 4, 4, 64), (3, 8, 2, 32), (1, 4, 4, 64), (2, 6, 3, 16)])
-def test_decode_attention_writes_the_cache_and_matches_sdpa_per_row(b: int, h: int, hkv: int, hd: int) -> None:
+def test_attention_writes_the_cache_and_matches_sdpa_per_row(b: int, h: int, hkv: int, hd: int) -> None:
     if not cpu_kernels.attention_supported(hd):
         pytest.skip(f"head size {hd} is not a multiple of this CPU's vector width")
     torch.manual_seed(b * h + hd)
