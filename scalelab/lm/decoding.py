@@ -277,14 +277,14 @@ class Decoder:
         """
         if not self.packed:
             raise RuntimeError("forward_tokens needs scalelab's CPU attention kernel (fp32 on CPU)")
-        if not positions or max(positions) >= self.max_len or min(positions) < 0:
+        lo, hi = (min(positions), max(positions)) if positions else (-1, -1)
+        if lo < 0 or hi >= self.max_len:
             raise ValueError(f"positions must lie within the context length of {self.max_len}")
         dev = self.device
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         packed = _Packed(pos, None if rows is None else torch.tensor(rows, dtype=torch.long, device=dev),
                          None if last is None else torch.tensor(last, dtype=torch.long, device=dev))
         idx = torch.tensor(tokens, dtype=torch.long, device=dev)[:, None]  # (N, 1)
-        lo, hi = min(positions), max(positions)
         if lo == hi:  # one position for all tokens: a slice
             rot = self.rot[lo:lo + 1][:, None, None]  # (1, 1, 1, hd/2)
         else:
@@ -338,16 +338,17 @@ class Decoder:
         n = len(tokens)
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
         lo, hi = min(lengths), max(lengths)
-        write = mask = None
-        pos = None if lo == hi else torch.tensor(lengths, dtype=torch.long, device=self.device)
-        rot = self.rot[lo:lo + 1][None, :, None] if lo == hi else self.rot[pos][:, None, None]  # (n|1, 1, 1, hd/2)
+        mask = None
         if lo == hi:  # all rows at one position (always so for one row): slices, no mask
+            rot = self.rot[lo:lo + 1][None, :, None]  # (1, 1, 1, hd/2)
 
             def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
                 self.k_layers[i][:n, :, lo] = k[:, 0]
                 self.v_layers[i][:n, :, lo] = v[:, 0]
 
         else:
+            pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
+            rot = self.rot[pos][:, None, None]  # (n, 1, 1, hd/2)
             rows = torch.arange(n, device=self.device)
 
             def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -430,7 +430,7 @@ class Engine:
                     batch.rows[i].request._emit("", "cancelled")
                 batch.retire(gone)
                 if admit:
-                    self._wakeups.flush()  # first tokens go out before the next step
+                    self._wakeups.flush()  # cancellations (and torch's path: first tokens) before the next step
                 if batch.rows:
                     self._wakeups.interval = auto_stream_interval(len(batch.rows), step_time)
                     t = time.perf_counter()
