@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_generate.py [--new-tokens 200] [--trials 5] [--rounds 6] [--threads 0]
 
 1. Single stream, batch 1, greedy, ``--new-tokens`` new tokens after the same 32-token prompt, no stop token:
-   ``scalelab.lm.engine.generate`` vs ``LlamaForCausalLM.generate`` (weights converted through
-   scalelab/lm/export.py's name table) vs our ``GPT.forward`` with its own ``KVCache`` (the model's reference
+   ``scalelab.lm.inference.engine.generate`` vs ``LlamaForCausalLM.generate`` (weights converted through
+   scalelab/lm/interop/hf.py's name table) vs our ``GPT.forward`` with its own ``KVCache`` (the model's reference
    path). Trials alternate between the contenders and the median counts, so a busy machine hurts both alike.
    Target: engine >= 3x Hugging Face. The greedy outputs are compared as a check (fp32: they should agree).
 2. Aggregate tokens/s of 1, 4 and 8 concurrent greedy requests through ``Engine.submit`` (max_batch 8), the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from scalelab.lm.engine import Engine, generate, run_in_fresh_thread
+from scalelab.lm.inference.engine import Engine, generate, run_in_fresh_thread
 from scalelab.lm.model import GPT, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def hf_twin(model: GPT):
     """A LlamaForCausalLM holding exactly our weights (through the export name table)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from scalelab.lm.export import export_state, hf_config
+    from scalelab.lm.interop.hf import export_state, hf_config
 
     cfg = hf_config(model.config)
     hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("torch_dtype", "dtype")}))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_pretrain.py [--steps 30] [--threads 0]
 
 Same configuration (PERFORMANCE.md: vocab 4096, d 256, 4 layers, T 256, B 16), same initial weights (ours copied
-into HF through scalelab.lm.export's name map), same batches (tiny_shakespeare bytes), same AdamW. The steps of the
+into HF through scalelab.lm.interop.hf's name map), same batches (tiny_shakespeare bytes), same AdamW. The steps of the
 models are interleaved (HF step, our step, ...) so machine load hits both alike; tokens/s = tokens / summed step
 time. The matmul peaks (fp32 and bf16) are measured in the same run, so MFU and the ratio are self-anchored.
 Ours: bf16 autocast when the measured bf16 matmul peak beats fp32 by 1.5x, and torch.compile (its warm-up is
@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scalelab.common import atomic_write_text  # noqa: E402
-from scalelab.lm.export import export_state, hf_config  # noqa: E402
+from scalelab.lm.interop.hf import export_state, hf_config  # noqa: E402
 from scalelab.lm.model import GPT, ModelConfig  # noqa: E402
-from scalelab.lm.train import LossSum  # noqa: E402
+from scalelab.lm.train.loop import LossSum  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tiny_shakespeare" / "input.txt"
 

@@ -43,8 +43,8 @@ def build_run(root: Path, preset: str = "micro") -> Path:
     import torch
 
     from scalelab.lm.checkpoint import save_checkpoint
+    from scalelab.lm.data.tokenizer import save_tokenizer, train_tokenizer
     from scalelab.lm.model import GPT, ModelConfig
-    from scalelab.lm.tokenizer import save_tokenizer, train_tokenizer
     from scalelab.runs import RunDir
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])

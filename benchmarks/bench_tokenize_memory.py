@@ -24,7 +24,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "bench_tokenize_memory.json"
 
 CHILD = r"""
 import json, resource, sys, time
-from scalelab.lm.data import TokenizerConfig, prepare
+from scalelab.lm.data.shards import TokenizerConfig, prepare
 run, tokenizer, corpus = sys.argv[1:4]
 t = time.perf_counter()
 summary = prepare(TokenizerConfig(run=run, corpus=[corpus], tokenizer=tokenizer or None, vocab_size=4096,

@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from scalelab.lm.checkpoint import load_model
-    from scalelab.lm.engine import generate
-    from scalelab.lm.gguf_export import export_gguf
-    from scalelab.lm.tokenizer import load_tokenizer
+    from scalelab.lm.data.tokenizer import load_tokenizer
+    from scalelab.lm.inference.engine import generate
+    from scalelab.lm.interop.gguf import export_gguf
 
     model, meta, step_dir = load_model(args.run, args.stage)
     tok = load_tokenizer(args.run)

@@ -32,8 +32,8 @@ def make_chat_run(root: Path, vocab_size: int = 320, n_layer: int = 2, n_embd: i
     import torch
 
     from scalelab.lm.checkpoint import save_checkpoint
+    from scalelab.lm.data.tokenizer import save_tokenizer, train_tokenizer
     from scalelab.lm.model import GPT, ModelConfig
-    from scalelab.lm.tokenizer import save_tokenizer, train_tokenizer
     from scalelab.runs import RunDir
 
     run = RunDir(root)

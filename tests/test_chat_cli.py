@@ -31,7 +31,7 @@ def _cli(args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder with a scalelab tokenizer (chat template included) and a chat checkpoint answering "ok"."""
-    from scalelab.lm.tokenizer import save_tokenizer
+    from scalelab.lm.data.tokenizer import save_tokenizer
 
     run = RunDir(tmp_path_factory.mktemp("chat") / "run")
     tok = make_tokenizer()
@@ -97,7 +97,7 @@ def test_errors_are_one_line(chat_run: Path, tmp_path: Path, capsys: pytest.Capt
 
 def test_ctrl_c_stops_a_reply_and_long_history_is_trimmed(chat_run: Path) -> None:
     from scalelab.cli.chat import ChatConfig, ChatSession, answer
-    from scalelab.lm.engine import load_for_inference
+    from scalelab.lm.inference.engine import load_for_inference
 
     model, tok, _ = load_for_inference(chat_run, None, "cpu", "fp32")
     session = ChatSession(model, tok, ChatConfig(run=str(chat_run), temperature=0, max_tokens=8))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scalelab.common import UsageError
-from scalelab.lm.corpus import (
+from scalelab.lm.data.corpus import (
     hash_fraction,
     iter_source,
     parse_source,
@@ -117,7 +117,7 @@ def test_long_text_is_cut_at_blank_lines_and_round_trips(tmp_path: Path) -> None
     assert max(len(p) for p in pieces) < 1000 + 200
     assert docs(str(tmp_path / "long.txt"), doc_max_bytes=0) == ["".join(paras)]
     # the streaming reader (files over WHOLE_FILE_BYTES) cuts identically
-    import scalelab.lm.corpus as corpus
+    import scalelab.lm.data.corpus as corpus
 
     old = corpus.WHOLE_FILE_BYTES
     corpus.WHOLE_FILE_BYTES = 0

@@ -1,4 +1,4 @@
-"""scalelab's few-row CPU kernels (scalelab/lm/cpu_kernels.c) against torch: products, attention, the build."""
+"""scalelab's few-row CPU kernels (lm/inference/cpu_kernels.c) against torch: products, attention, the build."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scalelab.lm import cpu_kernels
+from scalelab.lm.inference import cpu_kernels
 
 needs_kernels = pytest.mark.skipif(not cpu_kernels.available(), reason=f"no kernels: {cpu_kernels.why_unavailable()}")
 
@@ -109,7 +109,7 @@ def _python(code: str, **env: str) -> str:
     return done.stdout.strip()
 
 
-CHECK = "from scalelab.lm import cpu_kernels as k; print(k.available(), '|', k.why_unavailable())"
+CHECK = "from scalelab.lm.inference import cpu_kernels as k; print(k.available(), '|', k.why_unavailable())"
 
 
 def test_without_a_compiler_or_when_turned_off_torch_paths_stay(tmp_path) -> None:
@@ -117,7 +117,8 @@ def test_without_a_compiler_or_when_turned_off_torch_paths_stay(tmp_path) -> Non
     assert out == "False | no C compiler found (set CC)"
     assert _python(CHECK, SCALELAB_CPU_KERNELS="0") == "False | turned off by SCALELAB_CPU_KERNELS=0"
     # and a decoder then runs on torch's paths, same logits as the model
-    code = ("import torch; from scalelab.lm.model import GPT, ModelConfig; from scalelab.lm.decoding import Decoder\n"
+    code = ("import torch; from scalelab.lm.model import GPT, ModelConfig\n"
+            "from scalelab.lm.inference.decoding import Decoder\n"
             "torch.manual_seed(0)\n"
             "m = GPT(ModelConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, n_kv_head=2)).eval()\n"
             "d = Decoder(m, max_batch=2); d.prefill(0, [1, 2, 3]); d.prefill(1, [4])\n"
@@ -141,7 +142,7 @@ def test_the_build_is_cached_per_machine(tmp_path) -> None:
 def test_sampling_kernel_draws_what_the_torch_path_draws() -> None:
     """Same seeds, same settings: the C sampler (temperature, top-k threshold, nucleus cut, inverse CDF) picks the
     token torch's softmax + sort + cumsum + searchsorted picks, but for draws within rounding of a CDF step."""
-    from scalelab.lm.sampling import Sampler, sample_rows
+    from scalelab.lm.inference.sampling import Sampler, sample_rows
 
     torch.manual_seed(0)
     settings = [dict(temperature=1.0), dict(temperature=0.7, top_p=0.9), dict(temperature=1.3, top_k=40),
@@ -164,8 +165,8 @@ def test_sampling_kernel_draws_what_the_torch_path_draws() -> None:
 
 CHECK_ALL = """
 import math, torch, torch.nn.functional as F
-from scalelab.lm import cpu_kernels as k
-from scalelab.lm.sampling import Sampler, sample_rows
+from scalelab.lm.inference import cpu_kernels as k
+from scalelab.lm.inference.sampling import Sampler, sample_rows
 assert k.available(), k.why_unavailable()
 torch.manual_seed(0)
 w = torch.randn(64, 97); wp = k.pack(w)

@@ -13,9 +13,9 @@ import pytest
 
 from scalelab.__main__ import main
 from scalelab.common import UsageError
-from scalelab.lm.corpus import iter_source, parse_source
-from scalelab.lm.data import load_data_meta, load_token_bytes, open_split
-from scalelab.lm.tokenizer import load_tokenizer, tokenizer_sha256
+from scalelab.lm.data.corpus import iter_source, parse_source
+from scalelab.lm.data.shards import load_data_meta, load_token_bytes, open_split
+from scalelab.lm.data.tokenizer import load_tokenizer, tokenizer_sha256
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOCAB = ["--vocab-size", "320"]
@@ -133,7 +133,7 @@ def test_failed_run_destroys_nothing(tmp_path: Path, corpus: Path, capsys: pytes
 
 
 def test_interrupted_encoding_leaves_old_shards(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import scalelab.lm.data as data
+    import scalelab.lm.data.shards as data
 
     run = tmp_path / "run"
     assert run_cli("--run", str(run), "--corpus", str(corpus / "notes"), *VOCAB) == 0

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from scalelab.lm import batching, cpu_kernels
-from scalelab.lm.engine import (
+from scalelab.lm.inference import batching, cpu_kernels
+from scalelab.lm.inference.engine import (
     Decoder,
     Engine,
     QueueFull,
@@ -40,7 +40,7 @@ def random_model(max_seq_len: int = 64, n_kv_head: int = 2, seed: int = 0) -> GP
 
 
 def make_tokenizer():
-    """A tiny byte-level BPE with the special tokens at ids 0..5 (as scalelab.lm.tokenizer makes them)."""
+    """A tiny byte-level BPE with the special tokens at ids 0..5 (as scalelab.lm.data.tokenizer makes them)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -295,7 +295,7 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
     seen_kp = {Sampler(2.0, top_k=3, top_p=0.6, seed=s)(logits) for s in range(200)}
     assert seen_kp <= {0, 1, 2} and 0 in seen_kp
     # rows with different settings sampled in one batched pass draw what each would draw alone
-    from scalelab.lm.sampling import sample_rows
+    from scalelab.lm.inference.sampling import sample_rows
 
     settings = [dict(temperature=1.0, top_k=3), dict(temperature=0.5, top_p=0.75), dict(temperature=2.0),
                 dict(temperature=1.5, top_k=10, top_p=0.9)]
@@ -315,7 +315,7 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
 @pytest.mark.parametrize("kernels", ["scalelab CPU kernels", "torch only"])
 def test_sampled_frequencies_follow_the_filtered_softmax(kernels: str) -> None:
     """Draws follow softmax(logits / T) restricted by top-k / top-p and renormalised (4,000 draws a setting)."""
-    from scalelab.lm.sampling import sample_rows
+    from scalelab.lm.inference.sampling import sample_rows
 
     with contextlib.nullcontext() if kernels == "scalelab CPU kernels" else cpu_kernels.disabled():
         _check_sampled_frequencies(sample_rows)
@@ -353,7 +353,7 @@ def test_text_stream_never_emits_broken_utf8(tok) -> None:
 
 
 def test_stop_strings_are_trimmed_and_held_back(tok) -> None:
-    from scalelab.lm.textstream import _StopStrings
+    from scalelab.lm.inference.textstream import _StopStrings
 
     s = _StopStrings(["\n\n", "END"])
     outs = [s.push(d) for d in ("Hi", "\n", "there", "E", "N", "D more")]
@@ -433,7 +433,7 @@ def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
         Engine(model, stream_interval=0)
 
     # the gating itself, without timing: which deltas wake a waiting reader
-    from scalelab.lm.engine import Request, _EngineRow
+    from scalelab.lm.inference.engine import Request, _EngineRow
 
     class Woken:
         def __init__(self) -> None:
@@ -476,7 +476,7 @@ def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
 
 
 def test_auto_stream_interval_is_one_wakeup_a_step_within_the_delay_bound() -> None:
-    from scalelab.lm.engine import AUTO_MAX_DELAY, auto_stream_interval
+    from scalelab.lm.inference.engine import AUTO_MAX_DELAY, auto_stream_interval
 
     assert auto_stream_interval(1, 0.001) == 1  # one stream: every token
     assert auto_stream_interval(8, 0.001) == 8  # 8 streams, 1 ms steps: 8 tokens (7 ms held back at most)
@@ -554,8 +554,8 @@ def test_engine_from_run_loads_checkpoint_and_tokenizer(tmp_path: Path, tok) -> 
 def test_inference_dtype_auto_keeps_cache_sized_models_in_fp32(monkeypatch, tmp_path: Path) -> None:
     import scalelab.common as common
     from scalelab.lm.checkpoint import save_checkpoint
-    from scalelab.lm.engine import load_for_inference
-    from scalelab.lm.tokenizer import save_tokenizer
+    from scalelab.lm.data.tokenizer import save_tokenizer
+    from scalelab.lm.inference.engine import load_for_inference
     from scalelab.runs import RunDir
 
     monkeypatch.setattr(common, "cpu_supports_bf16", lambda: True)
@@ -593,7 +593,7 @@ def test_decoding_inside_a_training_autocast_region() -> None:
 def test_one_row_projection_paths_match_the_model(threads: int) -> None:
     """Without scalelab's CPU kernels, one row goes through per-thread weight slices (bmm) when torch has several
     threads, plain mm otherwise."""
-    from scalelab.lm.decoding import _fused_weights
+    from scalelab.lm.inference.decoding import _fused_weights
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -615,8 +615,8 @@ def test_one_row_projection_paths_match_the_model(threads: int) -> None:
 
 
 def test_trainer_samples_do_not_keep_a_decoding_copy_of_the_weights() -> None:
-    from scalelab.lm.decoding import _FUSED
-    from scalelab.lm.trainlog import sample_completions
+    from scalelab.lm.inference.decoding import _FUSED
+    from scalelab.lm.train.log import sample_completions
 
     model = random_model(seed=5)
     out = sample_completions(model, ["", "x"], None, 4, seed=0)

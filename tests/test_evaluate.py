@@ -11,7 +11,7 @@ import torch
 
 from scalelab.common import UsageError
 from scalelab.lm.model import GPT, ModelConfig
-from scalelab.lm.multiple_choice import (
+from scalelab.lm.posttrain.multiple_choice import (
     MC_SETS,
     MCItem,
     continuation_logprobs,
@@ -120,7 +120,7 @@ def test_bad_multiple_choice_files_name_file_and_line(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tok():
-    from scalelab.lm.tokenizer import train_tokenizer
+    from scalelab.lm.data.tokenizer import train_tokenizer
 
     text = ["What is 12 plus 30? Add 4 and 5. Subtract 3 from 9. Calculate 7 * 8. The sum of 1 and 2."] * 50
     return train_tokenizer(text, vocab_size=300)
@@ -128,8 +128,8 @@ def tok():
 
 def test_task_scores_through_a_stub_completion(tok) -> None:
     from scalelab.lm.chat import render_prompt
-    from scalelab.lm.evaluate import decode, evaluate_task
-    from scalelab.lm.tasks.arithmetic import ArithmeticTask
+    from scalelab.lm.posttrain.evaluate import decode, evaluate_task
+    from scalelab.lm.posttrain.tasks.arithmetic import ArithmeticTask
 
     task = ArithmeticTask(max_digits=2)
     examples = task.eval_examples(4, seed=0)
@@ -156,8 +156,8 @@ def test_task_scores_through_a_stub_completion(tok) -> None:
 
 
 def test_base_stage_uses_few_shot_text_and_cuts_the_continuation(tok) -> None:
-    from scalelab.lm.evaluate import evaluate_task
-    from scalelab.lm.tasks.arithmetic import ArithmeticTask
+    from scalelab.lm.posttrain.evaluate import evaluate_task
+    from scalelab.lm.posttrain.tasks.arithmetic import ArithmeticTask
 
     task = ArithmeticTask(max_digits=2)
     examples = task.eval_examples(3, seed=0)
@@ -178,7 +178,7 @@ def test_base_stage_uses_few_shot_text_and_cuts_the_continuation(tok) -> None:
 
 
 def test_chat_stage_without_a_template_is_a_clear_error(tmp_path: Path) -> None:
-    from scalelab.lm.evaluate import require_chat_template
+    from scalelab.lm.posttrain.evaluate import require_chat_template
     from scalelab.runs import RunDir
 
     run = RunDir(tmp_path)

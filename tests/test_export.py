@@ -19,7 +19,7 @@ import torch
 
 from scalelab.__main__ import main
 from scalelab.lm.checkpoint import load_model, load_state, resolve_checkpoint, save_checkpoint
-from scalelab.lm.export import NAME_MAP, expected_names, export_hf, map_name
+from scalelab.lm.interop.hf import NAME_MAP, expected_names, export_hf, map_name
 from scalelab.lm.model import GPT, ModelConfig
 from scalelab.lm.special_tokens import BOS, END, PAD
 from scalelab.runs import RunDir
@@ -31,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def make_tiny_run(root: Path, tie: bool = False, steps: int = 200, seed: int = 0) -> RunDir:
     """A run folder with a trained byte-level BPE tokenizer and a briefly trained tiny GPT (stage "base")."""
-    from scalelab.lm.tokenizer import save_tokenizer, tokenizer_sha256, train_tokenizer
+    from scalelab.lm.data.tokenizer import save_tokenizer, tokenizer_sha256, train_tokenizer
 
     text = (DATA / "tiny_shakespeare" / "input.txt").read_text(encoding="utf-8")[:200_000]
     docs = [d for d in text.split("\n\n") if d.strip()]
@@ -124,7 +124,7 @@ def test_hf_tokenizer_feeds_the_same_ids(exported, tmp_path_factory) -> None:
     from transformers import AutoTokenizer
 
     from scalelab.lm.chat import render_prompt
-    from scalelab.lm.tokenizer import load_tokenizer
+    from scalelab.lm.data.tokenizer import load_tokenizer
 
     hf_tok = AutoTokenizer.from_pretrained(exported[False], local_files_only=True)
     tok = load_tokenizer(tiny_run(tmp_path_factory))
@@ -142,8 +142,8 @@ def test_pipeline_greedy_text_equals_scalelab_sample(exported, tmp_path_factory,
     from transformers import pipeline
 
     from scalelab.lm.chat import render_prompt
-    from scalelab.lm.engine import generate
-    from scalelab.lm.tokenizer import load_tokenizer
+    from scalelab.lm.data.tokenizer import load_tokenizer
+    from scalelab.lm.inference.engine import generate
 
     run = tiny_run(tmp_path_factory)
     model, _, _ = load_model(run)
@@ -174,7 +174,7 @@ def test_pipeline_greedy_text_equals_scalelab_sample(exported, tmp_path_factory,
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_export_then_import_gives_identical_weights(exported, tmp_path, tmp_path_factory, tie: bool) -> None:
-    from scalelab.lm.tokenizer import tokenizer_sha256
+    from scalelab.lm.data.tokenizer import tokenizer_sha256
 
     src_run = tiny_run(tmp_path_factory, tie)
     assert main(["import", "--format", "hf", str(exported[tie]), "--run", str(tmp_path / "imp")]) == 0

@@ -18,8 +18,8 @@ import torch
 from scalelab.__main__ import main
 from scalelab.lm.chat import CHAT_TEMPLATE
 from scalelab.lm.checkpoint import load_model
-from scalelab.lm.export import expected_names, map_name
-from scalelab.lm.gguf_export import permute_qk, unpermute_qk
+from scalelab.lm.interop.gguf import permute_qk, unpermute_qk
+from scalelab.lm.interop.hf import expected_names, map_name
 from scalelab.lm.model import apply_rope, rope_tables
 
 try:  # tests/ is not a package: pytest puts it on sys.path, so the sibling module imports by its own name

@@ -15,7 +15,7 @@ import pytest
 from test_train import losses, make_byte_run, tiny
 
 from scalelab.common import UsageError, read_jsonl
-from scalelab.lm.train import TrainConfig, train
+from scalelab.lm.train.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

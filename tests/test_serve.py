@@ -65,7 +65,7 @@ def test_models_and_health(client, server, tiny_chat_run):  # noqa: F811
     assert client.models.retrieve(tiny_chat_run.name).id == tiny_chat_run.name
     health = httpx.get(server + "/health").json()
     assert health["status"] == "ok" and health["auth_required"] is False and health["context_length"] == 128
-    from scalelab.lm import cpu_kernels
+    from scalelab.lm.inference import cpu_kernels
 
     assert health["engine"]["decoder"] == ("scalelab CPU kernels" if cpu_kernels.available() else "torch")
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from scalelab.lm.sft import SFTSource, fit_conversation, pack_rows, rows_to_xy
+from scalelab.lm.posttrain.sft import SFTSource, fit_conversation, pack_rows, rows_to_xy
 
 PAD = 1
 
 
 @pytest.fixture(scope="module")
 def tok():
-    from scalelab.lm.tokenizer import train_tokenizer
+    from scalelab.lm.data.tokenizer import train_tokenizer
 
     text = ["What is 12 plus 30? The answer is 42. Hello there, how are you today? I am fine, thank you."] * 50
     return train_tokenizer(text, vocab_size=300)
@@ -79,7 +79,7 @@ def test_source_is_deterministic_and_epochs_cover_every_row() -> None:
 
 def test_all_masked_batch_gives_finite_zero_gradient() -> None:
     from scalelab.lm.model import GPT, ModelConfig
-    from scalelab.lm.train import LossSum
+    from scalelab.lm.train.loop import LossSum
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=32, n_layer=1, n_embd=32, n_head=2, n_kv_head=2, max_seq_len=16))

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from scalelab.common import UsageError
+from scalelab.lm.posttrain.tasks.arithmetic import ArithmeticTask, GSM8KTask, gsm8k_final_answer
+from scalelab.lm.posttrain.tasks.base import Example, bag_f1, lcs_length, rouge_l
+from scalelab.lm.posttrain.tasks.coding import MBPPTask, StdlibCodeTask
+from scalelab.lm.posttrain.tasks.conversation import ConversationTask, rewrite_identity
+from scalelab.lm.posttrain.tasks.emails import EmailTask
+from scalelab.lm.posttrain.tasks.mixture import MixtureConfig, build_mixture, split_counts
+from scalelab.lm.posttrain.tasks.sandbox import run_python
+from scalelab.lm.posttrain.tasks.summarise import SummariseTask
 from scalelab.lm.special_tokens import END
-from scalelab.lm.tasks.arithmetic import ArithmeticTask, GSM8KTask, gsm8k_final_answer
-from scalelab.lm.tasks.base import Example, bag_f1, lcs_length, rouge_l
-from scalelab.lm.tasks.coding import MBPPTask, StdlibCodeTask
-from scalelab.lm.tasks.conversation import ConversationTask, rewrite_identity
-from scalelab.lm.tasks.emails import EmailTask
-from scalelab.lm.tasks.mixture import MixtureConfig, build_mixture, split_counts
-from scalelab.lm.tasks.sandbox import run_python
-from scalelab.lm.tasks.summarise import SummariseTask
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data not present")

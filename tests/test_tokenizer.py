@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from scalelab.common import UsageError
-from scalelab.lm.special_tokens import BOS, END, SPECIAL_TOKENS
-from scalelab.lm.tokenizer import (
+from scalelab.lm.data.tokenizer import (
     MIN_VOCAB_SIZE,
     load_tokenizer,
     save_tokenizer,
@@ -23,6 +22,7 @@ from scalelab.lm.tokenizer import (
     tokenizer_sha256,
     train_tokenizer,
 )
+from scalelab.lm.special_tokens import BOS, END, SPECIAL_TOKENS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UNICODE = ("Caf\u00e9 na\u00efve \u2014 \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8, "

@@ -1,7 +1,7 @@
 """The pretraining loop: loss goes down on real text, bits per byte, schedules, accumulation, masks, bad input.
 
 Tiny models (1-2 layers, width 64) on byte-level shards of tiny_shakespeare written here with numpy in the format of
-scalelab/lm/data.py (vocab 256 + 6 special tokens, <|bos|> before every paragraph).
+scalelab/lm/data/shards.py (vocab 256 + 6 special tokens, <|bos|> before every paragraph).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from scalelab.common import UsageError, read_jsonl
-from scalelab.lm.loader import TokenSource
-from scalelab.lm.optim import lr_at
-from scalelab.lm.train import TrainConfig, eval_sums, train
+from scalelab.lm.data.loader import TokenSource
+from scalelab.lm.train.loop import TrainConfig, eval_sums, train
+from scalelab.lm.train.optim import lr_at
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -153,7 +153,7 @@ class MaskedSource:
 def test_all_masked_batch_gives_no_nan(tmp_path: Path, byte_run: Path) -> None:
     import shutil
 
-    from scalelab.lm.loader import token_source
+    from scalelab.lm.data.loader import token_source
     from scalelab.runs import RunDir
 
     run = tmp_path / "m"
@@ -188,7 +188,7 @@ def test_preflight_only_and_memory_refusal(tmp_path: Path, byte_run: Path, capsy
 
 
 def test_replan_total_only_before_decay() -> None:
-    from scalelab.lm.optim import decay_start, replan_total, resolve_schedule
+    from scalelab.lm.train.optim import decay_start, replan_total, resolve_schedule
 
     assert resolve_schedule("auto", 5.0) == "wsd" and resolve_schedule("auto", 0.0) == "cosine"
     kw = dict(max_steps=10_000, schedule="wsd", decay_frac=0.2)
@@ -224,7 +224,7 @@ def test_time_budget_replans_and_completes_decay(tmp_path: Path, byte_run: Path,
     import shutil
     import time
 
-    from scalelab.lm.loader import token_source
+    from scalelab.lm.data.loader import token_source
     from scalelab.runs import RunDir
 
     run = tmp_path / "tb"

@@ -100,7 +100,7 @@ class ChatSession:
         return ids, dropped
 
     def stream(self, ids: list[int]) -> Iterator[str]:
-        from scalelab.lm.engine import TextStream, generate
+        from scalelab.lm.inference.engine import TextStream, generate
 
         seed = None if self.cfg.seed < 0 else self.cfg.seed + self.replies
         self.replies += 1
@@ -194,7 +194,7 @@ def repl(session: ChatSession, out: TextIO = sys.stdout, err: TextIO = sys.stder
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ChatConfig, argv, prog="scalelab chat")
     cfg.check()
-    from scalelab.lm.engine import find_tokenizer_dir, load_for_inference
+    from scalelab.lm.inference.engine import find_tokenizer_dir, load_for_inference
 
     for stream in (sys.stdin, sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from scalelab.common import print0, read_json
 from scalelab.config import parse_config
-from scalelab.lm.evaluate import EvalConfig, compare_table, evaluate, format_table
+from scalelab.lm.posttrain.evaluate import EvalConfig, compare_table, evaluate, format_table
 from scalelab.runs import RunDir
 
 

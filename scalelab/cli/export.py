@@ -10,7 +10,7 @@ from pathlib import Path
 
 from scalelab.common import UsageError, print0
 from scalelab.config import parse_config
-from scalelab.lm.export import ExportConfig, export_hf
+from scalelab.lm.interop.hf import ExportConfig, export_hf
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print0(f"exported {res.step_dir} -> {res.out}/ ({', '.join(res.files)})")
         print0(f'load it with: transformers.pipeline("text-generation", model="{res.out}")')
     else:
-        from scalelab.lm.gguf_export import export_gguf
+        from scalelab.lm.interop.gguf import export_gguf
 
         out = Path(cfg.out) if cfg.out else run / "export" / f"model-{cfg.gguf_dtype}.gguf"
         res = export_gguf(run, out, stage=stage, dtype=cfg.gguf_dtype)

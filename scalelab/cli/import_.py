@@ -13,7 +13,7 @@ import argparse
 
 from scalelab.common import UsageError, print0
 from scalelab.config import parse_config_ns
-from scalelab.lm.export import ImportConfig, import_hf
+from scalelab.lm.interop.hf import ImportConfig, import_hf
 
 
 def _positional(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,8 @@
 Under torchrun, spell the run directory ``--run-dir`` (an alias of ``--run``): torchrun's own parser rejects any
 argument starting with ``--run`` as ambiguous with its ``--run-path``, even after the module name.
 
-Flags come from scalelab.lm.train.TrainConfig (``--help`` lists them); ``--config configs/pretrain_demo.yaml`` loads a
+Flags come from scalelab.lm.train.config.TrainConfig (``--help`` lists them); ``--config configs/demo_pretrain.yaml``
+loads a
 YAML of the same fields. When the stage already has a checkpoint, fields not given explicitly are taken from it.
 """
 
@@ -21,7 +22,7 @@ from scalelab.config import load_yaml, parse_config_ns
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scalelab.lm.train import TrainConfig, merge_saved_config, train
+    from scalelab.lm.train.loop import TrainConfig, merge_saved_config, train
 
     def alias(parser) -> None:
         parser.add_argument("--run-dir", dest="run", metavar="RUN", help="same as --run (use it under torchrun)")

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print0(f"wrote {path}" + (f" and {', '.join(pngs)}" if pngs else ""))
     evals = load_evals(RunDir(args.run))
     if evals:
-        from scalelab.lm.evaluate import compare_table
+        from scalelab.lm.posttrain.evaluate import compare_table
 
         print0("per-task scores, base (few-shot prompts) vs chat (chat template):")
         print0(compare_table(evals.get("base"), evals.get("chat")))

@@ -53,7 +53,7 @@ def _stage(run: str, stage: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SampleConfig, argv, prog="scalelab sample")
     cfg.check()
-    from scalelab.lm.engine import TextStream, generate, load_for_inference
+    from scalelab.lm.inference.engine import TextStream, generate, load_for_inference
     from scalelab.lm.special_tokens import BOS, SPECIAL_TOKENS
 
     for stream in (sys.stdout, sys.stderr):

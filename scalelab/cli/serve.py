@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(chat page at /, API at /v1)", flush=True)
     on_cpu = next(served.engine.model.parameters()).device.type == "cpu"
     if on_cpu and served.engine.stats()["decoder"] == "torch":
-        from scalelab.lm import cpu_kernels
+        from scalelab.lm.inference import cpu_kernels
 
         print(f"note: decoding with torch alone, 1.3-2x slower on CPU than scalelab's kernels "
               f"({cpu_kernels.why_unavailable() or 'not used for this dtype'})", flush=True)

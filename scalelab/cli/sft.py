@@ -4,7 +4,7 @@
     scalelab sft --run runs/demo --data my_chats.jsonl:2 --max-steps 500
     scalelab sft --run runs/demo                       # rerun: resumes, or says the stage is already finished
 
-Flags come from scalelab.lm.sft.SFTConfig (the pretraining flags plus the data ones; ``--help`` lists them).
+Flags come from scalelab.lm.posttrain.sft.SFTConfig (the pretraining flags plus the data ones; ``--help`` lists them).
 Malformed conversation files stop with one line naming the file, line and field.
 """
 
@@ -18,7 +18,7 @@ from scalelab.config import load_yaml, parse_config_ns
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scalelab.lm.sft import SFTConfig, sft
+    from scalelab.lm.posttrain.sft import SFTConfig, sft
 
     cfg, ns = parse_config_ns(SFTConfig, argv, prog="scalelab sft")
     explicit = {f.name for f in dataclasses.fields(SFTConfig) if getattr(ns, f.name, None) is not None}

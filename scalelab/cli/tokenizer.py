@@ -13,7 +13,7 @@ import argparse
 
 from scalelab.common import print0
 from scalelab.config import parse_config_ns
-from scalelab.lm.data import TokenizerConfig, prepare
+from scalelab.lm.data.shards import TokenizerConfig, prepare
 
 
 def _extra(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 RMSNorm -> grouped-query attention with rotary embeddings (through ``scaled_dot_product_attention``) -> RMSNorm ->
 SwiGLU MLP, repeated ``n_layer`` times, then a final RMSNorm and the output layer (optionally tied to the embedding).
-Every weight maps one-to-one onto Hugging Face's ``LlamaForCausalLM`` (see scalelab/lm/export.py for the name table),
+Every weight maps one-to-one onto Hugging Face's ``LlamaForCausalLM`` (the name table: lm/interop/hf.py),
 including the rotate-half rotary convention, so an exported model gives the same logits.
 
     cfg = ModelConfig.preset("micro", vocab_size=4096)

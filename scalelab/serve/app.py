@@ -6,7 +6,7 @@
 Routes: ``GET /`` (chat page), ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
 ``POST /v1/completions`` (both streamed as server-sent events with ``stream: true``). Every 4xx, FastAPI's
 validation errors and 404s included, is answered in OpenAI's format ``{"error": {"message", "type", "param",
-"code"}}``. Concurrent requests are batched by ``scalelab.lm.engine.Engine``; a full queue answers 429; a client
+"code"}}``. Concurrent requests are batched by ``lm.inference.engine.Engine``; a full queue answers 429; a client
 that disconnects cancels its generation.
 
 In Python: ``app = build_app(ServeConfig(run="runs/demo"))`` then ``uvicorn.run(app, ...)``; tests wrap an engine of
@@ -240,7 +240,7 @@ def _limit_tokens(served: Served, body: schemas._Request, n_prompt: int, prompt_
 
 
 def _submit(served: Served, body: schemas._Request, prompt_ids: list[int], prompt_param: str) -> Any:
-    from scalelab.lm.engine import QueueFull
+    from scalelab.lm.inference.engine import QueueFull
 
     max_tokens = _limit_tokens(served, body, len(prompt_ids), prompt_param)
     stop_ids = [] if body.ignore_eos else [served.token_id(END)]
@@ -438,7 +438,7 @@ PAGE_HEADERS = {
 
 def build_app(cfg: ServeConfig) -> FastAPI:
     """Load the run's tokenizer and checkpoint, start the engine, and wrap both in the app."""
-    from scalelab.lm.engine import Engine, load_for_inference, run_in_fresh_thread
+    from scalelab.lm.inference.engine import Engine, load_for_inference, run_in_fresh_thread
 
     cfg.check()
     run = Path(cfg.run)

@@ -1,0 +1,503 @@
+"""Corpus sources for pretraining: the embedded ``stdlib`` default, text files/folders, JSONL, Parquet, HF datasets.
+
+A source spec is ``PATH[#FIELD][:WEIGHT]``:
+
+    stdlib                         the running Python's standard library (.py, tests left out) + pydoc topics, ~12 MB
+    notes/ or 'books/*.txt'        text files (.txt .md .py ...), a folder (recursive) or a glob
+    data.jsonl#text:2              JSONL (or .jsonl.gz, .json list, .parquet) with a text field, weight 2
+    my_dataset_dir#content         a Hugging Face dataset saved with ``save_to_disk`` (its "train" split if a dict)
+    hf:roneneldan/TinyStories      a dataset on the Hugging Face hub (split "train", streamed; needs the network)
+
+The weight says how many times a source's training documents are repeated (2.5 = twice, plus each document once
+more with probability 0.5, chosen by hash). Documents are streamed, never all in memory: a text file is cut into
+documents at ``<|endoftext|>`` markers and, past ``doc_max_bytes``, at the last blank line. ``scan`` reads every
+source once, drops exact duplicates (content hash) and decides the split *by document* (val when the hash fraction is
+below ``val_fraction``, so the split is stable across runs and machines), or takes the val split from separate
+sources. ``CorpusPlan`` then re-streams each split. Used by ``scalelab tokenizer`` (scalelab/lm/data/shards.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import math
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scalelab.common import UsageError, progress
+
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".py", ".pyi", ".tex", ".org", ".html", ".htm", ".xml",
+                 ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go", ".rs", ".sh", ".toml", ".yaml",
+                 ".yml", ".cfg", ".ini", ".css", ".csv", ".tsv"}
+RECORD_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".json", ".parquet")
+END_OF_TEXT = "<|endoftext|>"  # the GPT-2 document separator found in many plain-text corpora
+DEFAULT_DOC_MAX_BYTES = 32768
+WHOLE_FILE_BYTES = 16 * 2**20
+
+
+def stdlib_dir() -> Path:
+    """The running interpreter's standard-library folder."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_python_files() -> list[Path]:
+    """Every .py file of the standard library, sorted, leaving out tests, site-packages and idlelib's test folders."""
+    root = stdlib_dir()
+    skip_parts = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib2to3"}
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # prune here rather than filter afterwards: site-packages alone can hold 10x the stdlib's files
+        dirnames[:] = [d for d in dirnames if d not in skip_parts and not d.startswith("test_")]
+        out.extend(Path(dirpath) / f for f in filenames if f.endswith(".py") and not f.startswith("test_"))
+    return sorted(out)
+
+
+def python_version_tag() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+# ----------------------------------------------------------------------------------------------- source specs
+
+@dataclass(frozen=True)
+class Source:
+    """One parsed ``PATH[#FIELD][:WEIGHT]`` spec."""
+
+    spec: str
+    path: str
+    field: str | None = None
+    weight: float = 1.0
+    kind: str = "text"  # stdlib | files | hf_disk | hf_hub
+
+
+def _has_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def parse_source(spec: str) -> Source:
+    """Parse and check a source spec; UsageError for a bad weight or a path that does not exist."""
+    spec = spec.strip()
+    rest, weight = spec, 1.0
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and not tail.startswith(("/", "\\")):
+        try:
+            weight = float(tail)
+            rest = head
+        except ValueError:
+            pass
+    if not math.isfinite(weight) or weight < 0:
+        raise UsageError(f"corpus source '{spec}': weight must be a number >= 0, got {weight}")
+    path, _, field_name = rest.partition("#")
+    field_name = field_name or None
+    if not path:
+        raise UsageError(f"corpus source '{spec}': empty path")
+    if path == "stdlib":
+        kind = "stdlib"
+    elif path.startswith("hf:"):
+        kind = "hf_hub"
+        if not path[3:]:
+            raise UsageError(f"corpus source '{spec}': give a dataset name after 'hf:'")
+    elif _has_glob(path):
+        if not glob.glob(path, recursive=True):
+            raise UsageError(f"{path}: no file matches this pattern")
+        kind = "files"
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise UsageError(f"{path}: no such file or folder")
+        is_hf = p.is_dir() and any((p / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
+        kind = "hf_disk" if is_hf else "files"
+    return Source(spec=spec, path=path, field=field_name, weight=weight, kind=kind)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".jsonl.gz" if name.endswith(".jsonl.gz") else path.suffix.lower()
+
+
+def source_files(src: Source) -> list[Path]:
+    """The files of a ``files`` source: the file itself, or a folder's/glob's text (or record) files, sorted."""
+    if src.kind != "files":
+        return []
+    wanted = set(TEXT_SUFFIXES) | (set(RECORD_SUFFIXES) if src.field else set())
+    if _has_glob(src.path):
+        cands = [Path(p) for p in sorted(glob.glob(src.path, recursive=True))]
+        cands = [p for p in cands if p.is_file()]
+    elif Path(src.path).is_dir():
+        root = Path(src.path)
+        cands = [p for p in sorted(root.rglob("*")) if p.is_file() and _suffix(p) in wanted
+                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    else:
+        cands = [Path(src.path)]
+    return cands
+
+
+# ----------------------------------------------------------------------------------------------- streaming documents
+
+def iter_source(src: Source, doc_max_bytes: int = DEFAULT_DOC_MAX_BYTES) -> Iterator[str]:
+    """Stream the non-blank documents of one source, in a deterministic order."""
+    if src.kind == "stdlib":
+        for path in stdlib_python_files():
+            yield from iter_text_file(path, doc_max_bytes, strict=False)
+        import pydoc_data.topics
+
+        for _, text in sorted(pydoc_data.topics.topics.items()):
+            if text.strip():
+                yield text
+    elif src.kind == "files":
+        for path in source_files(src):
+            suffix = _suffix(path)
+            if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
+                yield from iter_jsonl(path, src.field or "text")
+            elif suffix == ".json":
+                yield from iter_json(path, src.field or "text")
+            elif suffix == ".parquet":
+                yield from iter_parquet(path, src.field or "text")
+            else:
+                yield from iter_text_file(path, doc_max_bytes)
+    elif src.kind in ("hf_disk", "hf_hub"):
+        yield from iter_hf(src)
+    else:
+        raise ValueError(f"unknown source kind {src.kind!r}")
+
+
+def iter_text_file(path: Path, doc_max_bytes: int = DEFAULT_DOC_MAX_BYTES, strict: bool = True) -> Iterator[str]:
+    """Documents of a UTF-8 text file: split at ``<|endoftext|>``, and past ``doc_max_bytes`` at the last blank line.
+
+    Files up to 16 MiB are read whole (fast); larger ones line by line, so memory stays bounded by ``doc_max_bytes``
+    (plus one line), not by the file size. With ``strict=False`` a non-UTF-8 file is skipped instead of raising.
+    """
+    try:
+        is_gz = path.name.endswith(".gz")
+        if not is_gz and path.stat().st_size <= WHOLE_FILE_BYTES:
+            data = path.read_bytes()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if strict:
+                    line_start = data.rfind(b"\n", 0, e.start) + 1
+                    lineno = data.count(b"\n", 0, e.start) + 1
+                    raise UsageError(f"{path}:{lineno}: not UTF-8 text "
+                                     f"(invalid byte at column {e.start - line_start + 1})") from None
+                return
+            text = text.removeprefix("\ufeff")
+            if END_OF_TEXT not in text and (not doc_max_bytes or len(data) <= doc_max_bytes):
+                if text.strip():
+                    yield text
+                return
+            yield from _split_lines(text.split("\n"), doc_max_bytes, joined=True)
+            return
+        with (gzip.open if is_gz else open)(path, "rb") as fh:
+            yield from _split_lines(_decoded_lines(fh, path, strict), doc_max_bytes)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _decoded_lines(fh: Any, path: Path, strict: bool) -> Iterator[str]:
+    for lineno, raw in enumerate(fh, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if not strict:
+                return
+            raise UsageError(f"{path}:{lineno}: not UTF-8 text (invalid byte at column {e.start + 1})") from None
+        yield line.removeprefix("\ufeff") if lineno == 1 else line
+
+
+def _split_lines(lines: Iterator[str] | list[str], doc_max_bytes: int, joined: bool = False) -> Iterator[str]:
+    """Group lines (with their '\\n', or without when ``joined``: pieces of text.split('\\n')) into documents."""
+    buf: list[str] = []
+    size = 0
+    last_blank = 0  # len(buf) just after the most recent blank line
+
+    def flush(upto: int) -> Iterator[str]:
+        nonlocal buf, size, last_blank
+        doc = "".join(buf[:upto])
+        buf = buf[upto:]
+        size = sum(_nbytes(s) for s in buf)
+        last_blank = 0
+        if doc.strip():
+            yield doc
+
+    pieces = iter(lines)
+    nxt = next(pieces, None)
+    while nxt is not None:
+        line, nxt = nxt, next(pieces, None)
+        if joined and nxt is not None:
+            line += "\n"
+        if END_OF_TEXT in line:
+            parts = line.split(END_OF_TEXT)
+            for part in parts[:-1]:
+                buf.append(part)
+                yield from flush(len(buf))
+            line = parts[-1] if parts[-1].strip() else ""  # drop the newline after a marker
+            if not line:
+                continue
+        buf.append(line)
+        size += _nbytes(line)
+        if not line.strip():
+            last_blank = len(buf)
+        if doc_max_bytes and size >= doc_max_bytes:
+            yield from flush(last_blank if 0 < last_blank < len(buf) else len(buf))
+    yield from flush(len(buf))
+
+
+def _nbytes(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8"))
+
+
+def _field_text(value: Any, path: Path, where: str, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{path}:{where}: field '{name}' holds {type(value).__name__}, expected text")
+    return value
+
+
+def iter_jsonl(path: Path, name: str) -> Iterator[str]:
+    """The ``name`` field of each JSON line (split on '\\n' only); errors name file:line and the field."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise UsageError(f"{path}:{lineno}: not UTF-8 text (invalid byte at column {e.start + 1})") from None
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict) or name not in record:
+                keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                raise UsageError(f"{path}:{lineno}: no field '{name}' (found: {keys}); choose one with {path}#FIELD")
+            text = _field_text(record[name], path, str(lineno), name)
+            if text and text.strip():
+                yield text
+
+
+def iter_json(path: Path, name: str) -> Iterator[str]:
+    """A .json file holding a list of records (or strings); the list is loaded whole, so keep such files small."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise UsageError(f"{path}: expected a JSON list of records (use .jsonl for one record per line)")
+    for i, record in enumerate(data):
+        if isinstance(record, str):
+            text = record
+        elif isinstance(record, dict) and name in record:
+            text = _field_text(record[name], path, f"record {i}", name)
+        else:
+            keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+            raise UsageError(f"{path}: record {i}: no field '{name}' (found: {keys})")
+        if text and text.strip():
+            yield text
+
+
+def iter_parquet(path: Path, name: str, batch_size: int = 1024) -> Iterator[str]:
+    """The ``name`` column of a Parquet file, streamed batch by batch."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError(f"{path}: reading Parquet needs pyarrow (pip install 'scalelab[data]')") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid for non-Parquet files
+        raise UsageError(f"{path}: not a Parquet file ({e})") from None
+    columns = pf.schema_arrow.names
+    if name not in columns:
+        raise UsageError(f"{path}: no column '{name}' (found: {', '.join(columns)}); choose one with {path}#COLUMN")
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_size, columns=[name]):
+        for value in batch.column(0).to_pylist():
+            row += 1
+            text = _field_text(value, path, f"row {row}", name)
+            if text and text.strip():
+                yield text
+
+
+def iter_hf(src: Source, batch_size: int = 1000) -> Iterator[str]:
+    """A Hugging Face dataset: saved on disk (``save_to_disk``) or on the hub (``hf:NAME``, split train, streamed)."""
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(f"{src.path}: reading Hugging Face datasets needs `pip install datasets`") from None
+    name = src.field or "text"
+    if src.kind == "hf_hub":
+        try:
+            ds = datasets.load_dataset(src.path[3:], split="train", streaming=True)
+        except Exception as e:  # network, missing dataset, ...
+            raise UsageError(f"{src.path}: cannot load from the Hugging Face hub ({str(e).splitlines()[0]})") from None
+    else:
+        try:
+            ds = datasets.load_from_disk(src.path)
+        except Exception as e:
+            raise UsageError(f"{src.path}: not a saved Hugging Face dataset ({str(e).splitlines()[0]})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" in ds:
+                ds = ds["train"]
+            elif len(ds) == 1:
+                ds = next(iter(ds.values()))
+            else:
+                raise UsageError(f"{src.path}: a dataset dict without a 'train' split (splits: {', '.join(ds)})")
+    columns = ds.column_names or []
+    if columns and name not in columns:
+        raise UsageError(f"{src.path}: no column '{name}' (found: {', '.join(columns)}); choose one with "
+                         f"{src.path}#COLUMN")
+    row = 0
+    for batch in ds.iter(batch_size=batch_size):
+        for value in batch[name]:
+            row += 1
+            text = _field_text(value, Path(src.path), f"row {row}", name)
+            if text and text.strip():
+                yield text
+
+
+# ----------------------------------------------------------------------------------------------- dedup and split
+
+def doc_hash(text: str) -> int:
+    """64-bit content hash of a document (exact-duplicate detection and the split)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def hash_fraction(h: int, salt: int = 0) -> float:
+    """A uniform number in [0, 1) derived from a document hash; ``salt`` gives independent draws."""
+    if salt:
+        h = int.from_bytes(hashlib.blake2b(h.to_bytes(8, "little") + salt.to_bytes(8, "little", signed=True),
+                                           digest_size=8).digest(), "little")
+    return h / 2.0**64
+
+
+@dataclass
+class SourceStats:
+    spec: str
+    weight: float
+    documents: int = 0          # unique documents read from this source
+    bytes: int = 0              # their UTF-8 bytes
+    duplicates: int = 0         # exact duplicates dropped (of an earlier document of any source)
+    train_documents: int = 0
+    train_bytes: int = 0
+    val_documents: int = 0
+    val_bytes: int = 0
+
+
+@dataclass
+class CorpusPlan:
+    """Where each unique document goes, decided by one streaming ``scan`` (memory: one small entry per document)."""
+
+    sources: list[Source]
+    val_sources: list[Source]
+    val_fraction: float
+    doc_max_bytes: int
+    owner: dict[int, int] = field(default_factory=dict)   # content hash -> ordinal of its first occurrence
+    starts: list[int] = field(default_factory=list)       # first ordinal of each source (train sources, then val)
+    forced_val: int | None = None                         # hash moved to val so that val is never empty
+    stats: list[SourceStats] = field(default_factory=list)
+
+    @property
+    def all_sources(self) -> list[Source]:
+        return self.sources + self.val_sources
+
+    def is_val(self, h: int, source_index: int) -> bool:
+        if self.val_sources:
+            return source_index >= len(self.sources)
+        return h == self.forced_val or hash_fraction(h) < self.val_fraction
+
+    def iter_unique(self, source_index: int) -> Iterator[tuple[str, int, bool]]:
+        """(text, hash, is_val) for each kept (first-occurrence) document of one source."""
+        src = self.all_sources[source_index]
+        ordinal = self.starts[source_index]
+        for text in iter_source(src, self.doc_max_bytes):
+            h = doc_hash(text)
+            if self.owner.get(h) == ordinal:
+                yield text, h, self.is_val(h, source_index)
+            ordinal += 1
+
+    def iter_split(self, split: str, source_index: int, repeat: int = 0) -> Iterator[tuple[str, int]]:
+        """(text, hash) of one source's documents in ``split`` for repetition ``repeat`` of its weight.
+
+        Val documents come once (repeat 0) whatever the weight; train documents come in every whole repetition and,
+        in the last fractional one, with probability equal to the fraction (by hash, so it is reproducible).
+        """
+        weight = self.all_sources[source_index].weight
+        whole, frac = int(weight), weight - int(weight)
+        for text, h, is_val in self.iter_unique(source_index):
+            if split == "val":
+                if is_val and repeat == 0:
+                    yield text, h
+            elif not is_val and (repeat < whole or (repeat == whole and hash_fraction(h, repeat + 1) < frac)):
+                yield text, h
+
+    def repeats(self, source_index: int) -> int:
+        return math.ceil(self.all_sources[source_index].weight) if source_index < len(self.sources) else 1
+
+    def weighted_train_bytes(self) -> float:
+        return sum(s.train_bytes * src.weight for s, src in zip(self.stats, self.sources))
+
+
+def scan(sources: list[Source], val_sources: list[Source] | None = None, val_fraction: float = 0.01,
+         doc_max_bytes: int = DEFAULT_DOC_MAX_BYTES) -> CorpusPlan:
+    """Read every source once: drop exact duplicates, decide train/val by document, count documents and bytes.
+
+    Raises UsageError for an empty source or corpus, and for any bad file (named with its line).
+    """
+    if not sources:
+        raise UsageError("no corpus source given (use --corpus stdlib or --corpus PATH)")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    plan = CorpusPlan(list(sources), list(val_sources or []), val_fraction, doc_max_bytes)
+    ordinal = 0
+    best: tuple[float, int, int, int] | None = None  # the train document with the smallest hash fraction
+    bar = progress(desc="scan corpus", unit="B", unit_scale=True)
+    for i, src in enumerate(plan.all_sources):
+        plan.starts.append(ordinal)
+        st = SourceStats(src.spec, src.weight if i < len(plan.sources) else 1.0)
+        seen_any = False
+        for text in iter_source(src, doc_max_bytes):
+            seen_any = True
+            n = len(text.encode("utf-8"))
+            bar.update(n)
+            h = doc_hash(text)
+            if h in plan.owner:
+                st.duplicates += 1
+            else:
+                plan.owner[h] = ordinal
+                st.documents += 1
+                st.bytes += n
+                if plan.is_val(h, i):
+                    st.val_documents += 1
+                    st.val_bytes += n
+                else:
+                    st.train_documents += 1
+                    st.train_bytes += n
+                    frac = hash_fraction(h)
+                    if best is None or frac < best[0]:
+                        best = (frac, i, h, n)
+            ordinal += 1
+        if not seen_any:
+            raise UsageError(f"corpus source '{src.spec}' is empty (no non-blank documents found)")
+        plan.stats.append(st)
+    bar.close()
+    n_train = sum(s.train_documents for s in plan.stats)
+    n_val = sum(s.val_documents for s in plan.stats)
+    if n_train + n_val == 0:
+        raise UsageError("the corpus is empty: " + ", ".join(s.spec for s in plan.all_sources))
+    if not plan.val_sources and val_fraction > 0 and n_val == 0 and n_train >= 2 and best is not None:
+        _, i, h, n = best
+        plan.forced_val = h
+        st = plan.stats[i]
+        st.train_documents, st.train_bytes = st.train_documents - 1, st.train_bytes - n
+        st.val_documents, st.val_bytes = st.val_documents + 1, st.val_bytes + n
+        n_train -= 1
+    if n_train == 0:
+        raise UsageError("no training documents left after the split: lower --val-fraction or add documents")
+    return plan

@@ -1,0 +1,135 @@
+"""Sampling: per-request ``Sampler`` (temperature, top-k, top-p, seed) and ``sample_rows`` (one batched draw).
+
+    from scalelab.lm.inference.sampling import Sampler, sample_rows
+    tokens = sample_rows(logits, [Sampler(0.8, top_k=50, seed=1), Sampler(0.0)])   # logits (2, V) -> 2 ids
+
+Used by scalelab/lm/inference/decoding.py (``generate``, the engine's batches). Tested in tests/test_engine.py.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from scalelab.lm.inference import cpu_kernels
+
+
+class Sampler:
+    """Temperature, top-k and top-p (nucleus) sampling with a private ``random.Random`` (seeded or random).
+
+    ``temperature`` 0 is greedy (argmax); ``top_k`` 0 and ``top_p`` 1.0 disable those filters. Invalid values raise
+    ValueError with the offending name, so a server can answer 400. A draw is one uniform number from the
+    generator, inverted through the filtered distribution's CDF, so rows with different settings are sampled in one
+    batched pass (``sample_rows``) and a seeded request gives the same tokens alone or batched. (Python's generator:
+    eight ``torch.rand`` draws with private torch generators cost 13 us a step, eight ``random()`` calls 3 us.)
+    """
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> None:
+        if not (temperature >= 0.0) or temperature == float("inf"):
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if int(top_k) != top_k or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
+        if not (0.0 < top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.greedy = self.temperature == 0.0 or self.top_k == 1
+        self.rng = random.Random(None if seed is None else int(seed))  # None: seeded from the OS
+
+    def uniform(self) -> float:
+        return self.rng.random()
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """One token id from logits of shape (V,) (or (1, V))."""
+        logits = logits.reshape(1, -1)
+        if self.greedy:
+            return _argmax(logits)[0]
+        return sample_rows(logits, [self])[0]
+
+
+def _argmax(x: torch.Tensor) -> list[int]:
+    """Each row's index of its largest value (the first one on ties, NaN counting as largest, as torch does). On CPU
+    through NumPy's vectorised argmax: (8, 4096) fp32 measured 3 us against torch's 21-35 us."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return x.detach().numpy().argmax(-1).tolist()
+    return x.argmax(-1).tolist()
+
+
+def _kth_largest(x: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """(n, 1): row i's ``ks[i]``-th largest value, or -inf where ``ks[i]`` >= V (no top-k). On CPU one NumPy
+    ``partition`` per row: (8, 4096) with k = 50 measured 21 us against ``torch.topk``'s 47-62 us."""
+    n, V = x.shape
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        kth = torch.topk(x, max(k for k in ks if k < V)).values
+        kth = kth.gather(1, torch.tensor([min(k, kth.shape[1]) - 1 for k in ks], device=x.device)[:, None])
+        return kth.masked_fill(torch.tensor([k >= V for k in ks], device=x.device)[:, None], float("-inf"))
+    xs = x.detach().numpy()
+    return torch.tensor([[float(np.partition(xs[i], V - k)[V - k]) if k < V else float("-inf")]
+                         for i, k in enumerate(ks)])
+
+
+def _sorted_desc(probs: torch.Tensor) -> torch.Tensor:
+    """Each row's values, largest first. On CPU through NumPy: torch's CPU sort of (8, 4096) measured ~14x slower."""
+    if probs.device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
+    return torch.sort(probs, dim=-1, descending=True).values
+
+
+def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
+    """One token per row of ``logits`` (n, V), row i drawn by ``samplers[i]`` (greedy rows take the argmax).
+
+    Each sampled row inverts its filtered CDF (temperature, then top-k: a threshold at the k-th largest, ties with
+    it stay; then top-p: a probability cut-off) at one uniform number from its own generator, in vocabulary order.
+    Rows are computed independently, each always by the same path, so a seeded row draws the same token alone or
+    in any batch. On CPU scalelab's sampling kernel draws them (8 rows x 4096 at a temperature: 30 against 67 us
+    for torch's softmax + cumsum + searchsorted; with top-p 0.9: 55 against 230 us); elsewhere one batched torch
+    pass.
+    """
+    n, V = logits.shape
+    greedy = [s.greedy for s in samplers]
+    out = _argmax(logits) if any(greedy) else [0] * n
+    todo = [i for i in range(n) if not greedy[i]]
+    if not todo:
+        return out
+    x = logits.float()
+    if x.device.type == "cpu" and cpu_kernels.available():
+        sub = x if len(todo) == n else x[todo]
+        ks = [samplers[i].top_k if 0 < samplers[i].top_k < V else V for i in todo]
+        thresholds = _kth_largest(sub, ks).view(-1).tolist() if min(ks) < V else [float("-inf")] * len(todo)
+        drawn = cpu_kernels.sample(sub, [1.0 / samplers[i].temperature for i in todo], thresholds,
+                                   [samplers[i].top_p for i in todo], [samplers[i].uniform() for i in todo])
+        for i, token in zip(todo, drawn):
+            out[i] = token
+        return out
+    drawn = _sample_torch(x if len(todo) == n else x[todo], [samplers[i] for i in todo])
+    for i, token in zip(todo, drawn):
+        out[i] = token
+    return out
+
+
+def _sample_torch(x: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
+    """``sample_rows`` for sampled (not greedy) rows in torch ops, batched: per-row settings as tensors."""
+    n, V = x.shape
+    dev = x.device
+    temps = [s.temperature for s in samplers]
+    ks = [s.top_k if 0 < s.top_k < V else V for s in samplers]
+    ps = [s.top_p for s in samplers]
+    u = torch.tensor([s.uniform() for s in samplers], device=dev)[:, None]
+    if any(t != 1.0 for t in temps):
+        x = x / torch.tensor(temps, device=dev)[:, None]
+    if min(ks) < V:  # top-k: a threshold at each row's k-th largest (ties with it stay)
+        x = x.masked_fill(x < _kth_largest(x, ks).to(dev), float("-inf"))
+    probs = torch.softmax(x, dim=-1)
+    if min(ps) < 1.0:  # top-p: a probability cut-off, the smallest of the largest tokens whose mass reaches top_p
+        top = _sorted_desc(probs)
+        kept = ((torch.cumsum(top, dim=-1) - top) < torch.tensor(ps, device=dev)[:, None]).sum(-1, keepdim=True)
+        probs = probs.masked_fill(probs < top.gather(1, kept.clamp_(min=1) - 1), 0.0)
+    cdf = torch.cumsum(probs, dim=-1)
+    choice = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # the first entry whose CDF exceeds u
+    # rounding can land on or past a dropped entry (u * total == total): take the row's most likely kept one then
+    ok = probs.gather(1, choice.clamp_(max=V - 1)) > 0
+    if not bool(ok.all()):
+        choice = torch.where(ok, choice, probs.argmax(-1, keepdim=True))
+    return choice[:, 0].tolist()

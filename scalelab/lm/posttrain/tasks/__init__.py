@@ -1,0 +1,1 @@
+"""The chat tasks: one file per task, the mixture that weighs them, and the sandbox that runs generated code."""

@@ -1,1 +1,0 @@
-"""scalelab.lm.tasks."""
