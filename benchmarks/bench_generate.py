@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from scalelab.lm.inference.engine import Engine, generate, run_in_fresh_thread
+from scalelab.lm.inference.engine import Engine, generate  # noqa: E402
+from scalelab.lm.inference.loading import run_in_fresh_thread
 from scalelab.lm.model import GPT, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -137,37 +137,6 @@ def resolve_dtype(name: str, device: str) -> str:
     return "fp32"
 
 
-def last_level_cache_bytes() -> int:
-    """The CPU's largest cache in bytes, from sysfs (32 MiB when it cannot be read)."""
-    sizes = []
-    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        try:
-            text = f.read_text().strip().upper()
-            sizes.append(int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1))
-        except (OSError, ValueError):
-            continue
-    return max(sizes, default=32 << 20)
-
-
-INFERENCE_DTYPE_HELP = "auto (bf16 where fast; fp32 on CPU for models the cache holds), fp32, bf16 or fp16"
-
-
-def resolve_inference_dtype(name: str, device: str, n_params: int | None) -> str:
-    """``resolve_dtype`` for generation: on CPU, 'auto' keeps fp32 while the fp32 weights fit in the last-level cache.
-
-    ``n_params`` None (the size not known yet) gives the dtype to load in: fp32 where the size will decide.
-
-    Decoding reads every weight once per step. Weights that stay in the cache are read fast, and there bf16's
-    conversions and oneDNN's fixed cost per matmul lose; beyond the cache, halving the bytes wins. Measured on a
-    2-core AVX512-BF16 CPU with a 32 MiB L3 (decode tokens/s at 1 and 8 rows): 7.4M parameters fp32 1765 / 8711 vs
-    bf16 1534 / 7013; 16.9M parameters fp32 465 / 3721 vs bf16 902 / 3408.
-    """
-    chosen = resolve_dtype(name, device)
-    if (name or "auto").lower() == "auto" and device == "cpu" and chosen == "bf16":
-        return "fp32" if n_params is None or 4 * n_params <= last_level_cache_bytes() else "bf16"
-    return chosen
-
-
 def torch_dtype(name: str):
     import torch
 

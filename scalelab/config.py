@@ -3,13 +3,15 @@
 A field's ``metadata={"help": "..."}`` becomes its flag's help line. Field ``lr_max`` becomes ``--lr-max``.
 Precedence: dataclass defaults < ``--config file.yaml`` < explicit flags. The resolved config is saved as JSON.
 
-    cfg = parse_config(PretrainConfig, argv, prog="scalelab pretrain")
+    cfg = parse_config(TrainConfig, argv, prog="scalelab pretrain")
+    cfg, ns, given = parse_args(TrainConfig, argv, prog="scalelab pretrain")  # + which fields were given
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -109,7 +111,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs.update(type=tp, metavar=f.name.upper())
         else:
             kwargs.update(type=str, metavar=f.name.upper())
-        group.add_argument(flag, **kwargs)
+        names = [flag, "--run-dir"] if f.name == "run" else [flag]  # torchrun claims any flag spelled --run...
+        group.add_argument(*names, **kwargs)
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
@@ -143,20 +146,46 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class Parsed(typing.NamedTuple, typing.Generic[T]):
+    """What a command line said: the config, argparse's namespace (for flags outside the dataclass) and the fields
+    the user gave in ``--config`` or as flags, so a resumed stage knows which saved values to keep."""
+
+    config: T
+    ns: argparse.Namespace
+    given: frozenset[str]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse without prefix matching (``--seed`` must not quietly become ``--seeds``), and one line with a
+    did-you-mean for an unknown flag instead of the whole usage."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            words = message.split(":", 1)[1].split()
+            flags = [w.split("=")[0] for w in words if w.startswith("-")] or words
+            known = [s for a in self._actions for s in a.option_strings]
+            close = difflib.get_close_matches(flags[0], known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (see {self.prog} --help)"
+            message = f"unknown flag {flags[0]}{hint}"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None,
                  description: str | None = None,
                  extra: typing.Callable[[argparse.ArgumentParser], None] | None = None) -> T:
     """Parse argv into a ``cls`` instance: defaults < --config YAML < flags."""
-    cfg, _ = parse_config_ns(cls, argv, prog, description, extra)
-    return cfg
+    return parse_args(cls, argv, prog, description, extra).config
 
 
-def parse_config_ns(cls: type[T], argv: list[str] | None = None, prog: str | None = None,
-                    description: str | None = None,
-                    extra: typing.Callable[[argparse.ArgumentParser], None] | None = None
-                    ) -> tuple[T, argparse.Namespace]:
-    """Like parse_config, also returning the namespace (for flags that ``extra`` added outside the dataclass)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
+def parse_args(cls: type[T], argv: list[str] | None = None, prog: str | None = None,
+               description: str | None = None,
+               extra: typing.Callable[[argparse.ArgumentParser], None] | None = None) -> Parsed[T]:
+    """Like parse_config, returning (config, namespace, given fields)."""
+    parser = ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of field: value (flags override it)")
     add_dataclass_args(parser, cls)
     if extra is not None:
@@ -169,15 +198,17 @@ def parse_config_ns(cls: type[T], argv: list[str] | None = None, prog: str | Non
         value = getattr(ns, f.name, None)
         if value is not None:
             data[f.name] = value
-    return config_from_dict(cls, data, where=where), ns
+    return Parsed(config_from_dict(cls, data, where=where), ns, frozenset(data))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def save_config(cfg: Any, path: str | Path, section: str | None = None) -> None:
-    """Write the resolved config as JSON. With ``section``, merge it under that key of an existing file."""
+def save_config(cfg: Any, path: str | Path, section: str | None = None,
+                extra: dict[str, Any] | None = None) -> None:
+    """Write the resolved config as JSON. With ``section``, merge it under that key of an existing file, together
+    with the ``extra`` sections, in one atomic write."""
     path = Path(path)
     payload: dict[str, Any] = to_dict(cfg)
     if section is not None:
@@ -188,5 +219,6 @@ def save_config(cfg: Any, path: str | Path, section: str | None = None) -> None:
             except json.JSONDecodeError:
                 existing = {}
         existing[section] = payload
+        existing.update(json.loads(json.dumps(extra or {}, default=str)))
         payload = existing
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")

@@ -68,7 +68,9 @@ class RunDir:
     def require_checkpoint(self, stage: str) -> Path:
         found = self.latest_step_dir(stage)
         if found is None:
-            raise UsageError(f"{self.stage_dir(stage)}: no checkpoint found (run the '{stage}' stage first)")
+            command = {"base": "pretrain", "chat": "sft"}.get(stage)
+            hint = f"run `scalelab {command} --run {self.root}` first" if command else f"run the '{stage}' stage first"
+            raise UsageError(f"{self.stage_dir(stage)}: no checkpoint to start from ({hint})")
         return found
 
     def mark_latest(self, stage: str, step_dir: Path) -> None:

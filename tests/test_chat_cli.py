@@ -97,7 +97,7 @@ def test_errors_are_one_line(chat_run: Path, tmp_path: Path, capsys: pytest.Capt
 
 def test_ctrl_c_stops_a_reply_and_long_history_is_trimmed(chat_run: Path) -> None:
     from scalelab.cli.chat import ChatConfig, ChatSession, answer
-    from scalelab.lm.inference.engine import load_for_inference
+    from scalelab.lm.inference.loading import load_for_inference
 
     model, tok, _ = load_for_inference(chat_run, None, "cpu", "fp32")
     session = ChatSession(model, tok, ChatConfig(run=str(chat_run), temperature=0, max_tokens=8))

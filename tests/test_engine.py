@@ -353,9 +353,9 @@ def test_text_stream_never_emits_broken_utf8(tok) -> None:
 
 
 def test_stop_strings_are_trimmed_and_held_back(tok) -> None:
-    from scalelab.lm.inference.textstream import _StopStrings
+    from scalelab.lm.inference.textstream import StopStrings
 
-    s = _StopStrings(["\n\n", "END"])
+    s = StopStrings(["\n\n", "END"])
     outs = [s.push(d) for d in ("Hi", "\n", "there", "E", "N", "D more")]
     assert "".join(o for o, _ in outs) == "Hi\nthere" and outs[-1][1]
     assert outs[1] == ("", False) and outs[3] == ("", False)  # a possible start of a stop string waits
@@ -448,11 +448,11 @@ def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
     seen = []
     for _ in range(10):
         req._waiters.append((None, None))  # a reader waiting for the next delta
-        req._emit("x")
+        req.emit("x")
         seen.append(woken.count)
         req._waiters.clear()
     req._waiters.append((None, None))
-    req._emit("", finish="length")
+    req.emit("", finish="length")
     assert seen == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3] and woken.count == 4  # first at once, then every 4, then the end
 
     # "auto": the engine sets the interval each step (auto_stream_interval; here 4: every 4 deltas)
@@ -461,7 +461,7 @@ def test_stream_interval_hands_readers_text_every_k_tokens(tok) -> None:
     req = row.request = Request(row, tok, [], woken, stream_interval=None)
     for _ in range(5):
         req._waiters.append((None, None))
-        req._emit("x")
+        req.emit("x")
         req._waiters.clear()
     assert woken.count == 2
     with Engine(model, tok, max_batch=8, stream_interval="auto") as engine:
@@ -534,8 +534,9 @@ def test_engine_cancel_and_queue_full() -> None:
         engine.submit([1], max_tokens=1)
 
 
-def test_engine_from_run_loads_checkpoint_and_tokenizer(tmp_path: Path, tok) -> None:
+def test_engine_serves_a_loaded_checkpoint_and_tokenizer(tmp_path: Path, tok) -> None:
     from scalelab.lm.checkpoint import save_checkpoint
+    from scalelab.lm.inference.loading import load_for_inference, run_in_fresh_thread
     from scalelab.runs import RunDir
 
     run = RunDir(tmp_path / "run")
@@ -545,7 +546,8 @@ def test_engine_from_run_loads_checkpoint_and_tokenizer(tmp_path: Path, tok) -> 
     step = save_checkpoint(run, "chat", 1, model, {"model_config": model.config.to_dict()})
     bos, asst, end = tok.token_to_id(BOS), tok.token_to_id(ASSISTANT), tok.token_to_id(END)
     for where in (run.root, step):
-        with Engine.from_run(where, device="cpu", dtype="fp32", max_batch=2) as engine:
+        loaded, tokenizer, _ = run_in_fresh_thread(load_for_inference, where, None, "cpu", "fp32")
+        with Engine(loaded, tokenizer, max_batch=2) as engine:
             assert engine.submit([bos, asst], max_tokens=5, stop_ids=[end]).result(30) == "ok"
 
 
@@ -555,15 +557,16 @@ def test_inference_dtype_auto_keeps_cache_sized_models_in_fp32(monkeypatch, tmp_
     import scalelab.common as common
     from scalelab.lm.checkpoint import save_checkpoint
     from scalelab.lm.data.tokenizer import save_tokenizer
-    from scalelab.lm.inference.engine import load_for_inference
+    from scalelab.lm.inference import loading
+    from scalelab.lm.inference.loading import load_for_inference
     from scalelab.runs import RunDir
 
     monkeypatch.setattr(common, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(common, "last_level_cache_bytes", lambda: 32 << 20)
-    assert common.resolve_inference_dtype("auto", "cpu", 5_000_000) == "fp32"  # 20 MB of fp32 weights: cached
-    assert common.resolve_inference_dtype("auto", "cpu", 17_000_000) == "bf16"  # 68 MB: halve the bytes
-    assert common.resolve_inference_dtype("bf16", "cpu", 5_000_000) == "bf16"  # an explicit choice stands
-    assert common.resolve_inference_dtype("fp32", "cpu", 17_000_000) == "fp32"
+    monkeypatch.setattr(loading, "last_level_cache_bytes", lambda: 32 << 20)
+    assert loading.resolve_dtype_for("auto", "cpu", 5_000_000) == "fp32"  # 20 MB of fp32 weights: cached
+    assert loading.resolve_dtype_for("auto", "cpu", 17_000_000) == "bf16"  # 68 MB: halve the bytes
+    assert loading.resolve_dtype_for("bf16", "cpu", 5_000_000) == "bf16"  # an explicit choice stands
+    assert loading.resolve_dtype_for("fp32", "cpu", 17_000_000) == "fp32"
 
     run = RunDir(tmp_path / "run")
     save_tokenizer(make_tokenizer(), run.tokenizer_dir)
@@ -573,7 +576,7 @@ def test_inference_dtype_auto_keeps_cache_sized_models_in_fp32(monkeypatch, tmp_
     loaded, _, _ = load_for_inference(tmp_path / "run", None, "cpu", "auto")  # small: fp32, bit-exact
     assert loaded.lm_head.weight.dtype == torch.float32
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
-    monkeypatch.setattr(common, "last_level_cache_bytes", lambda: 1024)  # now it does not fit: bf16
+    monkeypatch.setattr(loading, "last_level_cache_bytes", lambda: 1024)  # now it does not fit: bf16
     loaded, _, _ = load_for_inference(tmp_path / "run", None, "cpu", "auto")
     assert loaded.lm_head.weight.dtype == torch.bfloat16
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight.bfloat16())

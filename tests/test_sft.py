@@ -135,4 +135,4 @@ def test_sft_without_a_base_checkpoint_is_a_clear_error(tmp_path, capsys) -> Non
 
     (tmp_path / "run").mkdir()
     assert main(["sft", "--run", str(tmp_path / "run")]) == 2
-    assert "no checkpoint to fine-tune" in capsys.readouterr().err
+    assert f"no checkpoint to start from (run `scalelab pretrain --run {tmp_path / 'run'}` first)" in capsys.readouterr().err

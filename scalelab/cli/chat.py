@@ -11,16 +11,15 @@ template the model was fine-tuned on and that Hugging Face's ``apply_chat_templa
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 from scalelab.cli import check_generation_flags
-from scalelab.common import INFERENCE_DTYPE_HELP, UsageError
+from scalelab.common import UsageError
 from scalelab.config import parse_config
+from scalelab.lm.inference.loading import DTYPE_HELP
 
 HELP = """commands:
   /reset          forget the conversation (the system prompt stays)
@@ -45,21 +44,10 @@ class ChatConfig:
     top_p: float = field(default=1.0, metadata={"help": "nucleus: smallest set with this probability mass; 1 = off"})
     seed: int = field(default=-1, metadata={"help": "random seed (reply i uses seed + i); -1 = random"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": INFERENCE_DTYPE_HELP})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
 
     def check(self) -> None:
         check_generation_flags(self, ("chat", "base"))
-
-
-def has_chat_template(tokenizer_dir: Path) -> bool:
-    """True when the tokenizer folder carries a chat template (tokenizer_config.json or chat_template.jinja)."""
-    if (tokenizer_dir / "chat_template.jinja").is_file():
-        return True
-    try:
-        config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
 class ChatSession:
@@ -194,13 +182,16 @@ def repl(session: ChatSession, out: TextIO = sys.stdout, err: TextIO = sys.stder
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ChatConfig, argv, prog="scalelab chat")
     cfg.check()
-    from scalelab.lm.inference.engine import find_tokenizer_dir, load_for_inference
+    from scalelab.lm.chat import has_chat_template
+    from scalelab.lm.data.tokenizer import find_tokenizer
+    from scalelab.lm.inference.loading import load_for_inference
 
     for stream in (sys.stdin, sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     model, tok, step_dir = load_for_inference(cfg.run, cfg.stage or None, cfg.device, cfg.dtype)
-    tok_dir = find_tokenizer_dir(cfg.run, step_dir)
+    tok_json = find_tokenizer(cfg.run, step_dir)
+    tok_dir = tok_json.parent if tok_json is not None else None
     if tok_dir is None or not has_chat_template(tok_dir):
         raise UsageError(f"{tok_dir or cfg.run}: the tokenizer has no chat template (no chat_template in "
                          "tokenizer_config.json); chat needs a scalelab tokenizer or a fine-tuned chat model")

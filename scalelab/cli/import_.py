@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from scalelab.common import UsageError, print0
-from scalelab.config import parse_config_ns
+from scalelab.config import parse_args
 from scalelab.lm.interop.hf import ImportConfig, import_hf
 
 
@@ -21,7 +21,7 @@ def _positional(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, ns = parse_config_ns(ImportConfig, argv, prog="scalelab import", extra=_positional)
+    cfg, ns, _ = parse_args(ImportConfig, argv, prog="scalelab import", extra=_positional)
     if not cfg.run:
         raise UsageError("--run is required (the run folder to create, e.g. runs/imported)")
     step_dir = import_hf(ns.source, cfg.run, stage=cfg.stage, force=cfg.force)

@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 
 from scalelab.cli import check_generation_flags
-from scalelab.common import INFERENCE_DTYPE_HELP, UsageError
+from scalelab.common import UsageError
 from scalelab.config import parse_config
+from scalelab.lm.inference.loading import DTYPE_HELP
 
 
 @dataclass
@@ -33,7 +34,7 @@ class SampleConfig:
     seed: int = field(default=-1, metadata={"help": "random seed (sample i uses seed + i); -1 = random"})
     num_samples: int = field(default=1, metadata={"help": "how many samples, one after another"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": INFERENCE_DTYPE_HELP})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
 
     def check(self) -> None:
         check_generation_flags(self, ("base", "chat"))
@@ -53,7 +54,8 @@ def _stage(run: str, stage: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SampleConfig, argv, prog="scalelab sample")
     cfg.check()
-    from scalelab.lm.inference.engine import TextStream, generate, load_for_inference
+    from scalelab.lm.inference.engine import TextStream, generate
+    from scalelab.lm.inference.loading import load_for_inference
     from scalelab.lm.special_tokens import BOS, SPECIAL_TOKENS
 
     for stream in (sys.stdout, sys.stderr):

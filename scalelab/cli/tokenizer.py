@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from scalelab.common import print0
-from scalelab.config import parse_config_ns
+from scalelab.config import parse_config
 from scalelab.lm.data.shards import TokenizerConfig, prepare
 
 
@@ -27,7 +27,7 @@ def _extra(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, _ = parse_config_ns(TokenizerConfig, argv, prog="scalelab tokenizer", extra=_extra)
+    cfg = parse_config(TokenizerConfig, argv, prog="scalelab tokenizer", extra=_extra)
     s = prepare(cfg)
     bpt = s["bytes_per_token_val"]
     print0(f"tokenizer: {s['tokenizer']} (vocabulary {s['vocab_size']})")

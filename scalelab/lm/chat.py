@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelab.common import UsageError, atomic_write_text
-from scalelab.lm.special_tokens import ASSISTANT, BOS, END, PAD, ROLE_TOKENS, SPECIAL_TOKENS
+from scalelab.lm.special_tokens import ASSISTANT, BOS, END, PAD, ROLE_TOKENS, SPECIAL_TOKENS, backend
 
 # Kept on one line: Jinja whitespace would otherwise leak into the rendering.
 CHAT_TEMPLATE = (
@@ -87,11 +87,6 @@ def validate_messages(messages: Any, where: str = "conversation", *, require_ass
 
 # ----------------------------------------------------------------------------------------------- rendering
 
-def _backend(tok: Any) -> Any:
-    """Accept a ``tokenizers.Tokenizer`` or a Hugging Face fast tokenizer (use its backend)."""
-    return getattr(tok, "backend_tokenizer", tok)
-
-
 def _special_id(tok: Any, token: str) -> int:
     idx = tok.token_to_id(token)
     if idx is None:
@@ -102,7 +97,7 @@ def _special_id(tok: Any, token: str) -> int:
 def render(tok: Any, messages: Messages, where: str = "conversation") -> tuple[list[int], list[int]]:
     """Token ids of a whole conversation and its loss mask (1 on assistant content + its <|end|>, 0 elsewhere)."""
     validate_messages(messages, where, require_assistant=False)
-    tok = _backend(tok)
+    tok = backend(tok)
     end_id = _special_id(tok, END)
     ids = [_special_id(tok, BOS)]
     mask = [0]
@@ -120,7 +115,7 @@ def render_prompt(tok: Any, messages: Messages, where: str = "conversation") -> 
     if messages[-1]["role"] != "user":
         raise UsageError(f"{where}: messages[{len(messages) - 1}].role: a prompt must end with a user turn")
     ids, _ = render(tok, messages, where)
-    return ids + [_special_id(_backend(tok), ASSISTANT)]
+    return ids + [_special_id(backend(tok), ASSISTANT)]
 
 
 def render_text(messages: Messages, add_generation_prompt: bool = False) -> str:
@@ -129,6 +124,17 @@ def render_text(messages: Messages, add_generation_prompt: bool = False) -> str:
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     return env.from_string(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=add_generation_prompt)
+
+
+def has_chat_template(tokenizer_dir: Path) -> bool:
+    """True when the tokenizer folder carries a chat template (tokenizer_config.json or chat_template.jinja)."""
+    if (tokenizer_dir / "chat_template.jinja").is_file():
+        return True
+    try:
+        config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
 def install_chat_template(tokenizer_dir: str | Path) -> Path:

@@ -13,15 +13,18 @@ that looks whole; ``latest`` is updated last. Loading verifies every file and na
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scalelab.common import UsageError, write_json
+from scalelab.config import config_from_dict, to_dict
 from scalelab.lm.model import GPT, ModelConfig
 from scalelab.runs import RunDir
 
@@ -70,6 +73,16 @@ def save_checkpoint(run: RunDir, stage: str, step: int, model: torch.nn.Module, 
     return final
 
 
+DEFAULT_STAGES = ("chat", "base")  # what sample, chat, eval, export and serve pick when --stage is not given
+
+
+def stages_present(run: RunDir) -> list[str]:
+    """Stage folders of a run that hold at least one complete checkpoint."""
+    if not run.root.is_dir():
+        return []
+    return sorted(p.name for p in run.root.iterdir() if p.is_dir() and run.latest_step_dir(p.name) is not None)
+
+
 def resolve_checkpoint(path: str | Path, stage: str | None = None) -> Path:
     """Accept a step folder, a stage folder, or a run folder (+ stage; default: chat if present, else base)."""
     path = Path(path)
@@ -82,12 +95,14 @@ def resolve_checkpoint(path: str | Path, stage: str | None = None) -> Path:
         if found is not None:
             return found
     run = RunDir(path)
-    stages = [stage] if stage else ["chat", "base"]
+    stages = [stage] if stage else list(DEFAULT_STAGES)
     for s in stages:
         found = run.latest_step_dir(s)
         if found is not None:
             return found
-    raise UsageError(f"{path}: no checkpoint found (looked for stage {' or '.join(stages)}); train it first")
+    present = stages_present(run)
+    have = f"stages with a checkpoint: {', '.join(present)}" if present else "no stage has a checkpoint yet"
+    raise UsageError(f"{path}: no checkpoint for stage {' or '.join(stages)} ({have})")
 
 
 def read_meta(step_dir: Path) -> dict[str, Any]:
@@ -104,26 +119,95 @@ def load_state(step_dir: Path) -> dict[str, torch.Tensor]:
         raise UsageError(f"{step_dir / MODEL_FILE}: corrupt or truncated checkpoint ({e})") from None
 
 
-def load_model(path: str | Path, stage: str | None = None, device: str = "cpu",
-               dtype: torch.dtype = torch.float32) -> tuple[GPT, dict[str, Any], Path]:
-    """Load a checkpoint's model for inference or further training: (model, meta, step_dir)."""
-    step_dir = resolve_checkpoint(path, stage)
-    meta = read_meta(step_dir)
+def model_from_checkpoint(step_dir: Path, meta: dict[str, Any], max_seq_len: int = 0) -> GPT:
+    """The one way weights become a model (training and inference alike): build ``meta``'s model config, load the
+    weights strictly. ``max_seq_len`` > the saved context widens it (RoPE needs no new weights)."""
     if "model_config" not in meta:
         raise UsageError(f"{step_dir / META_FILE}: missing field 'model_config'")
+    saved = dict(meta["model_config"])
+    saved["max_seq_len"] = max(int(saved.get("max_seq_len", 0) or 0), max_seq_len)
     try:
-        cfg = ModelConfig(**meta["model_config"])
+        cfg = ModelConfig(**saved)
     except (TypeError, ValueError) as e:
         raise UsageError(f"{step_dir / META_FILE}: bad 'model_config' ({e})") from None
     model = GPT(cfg)
     state = load_state(step_dir)
-    if cfg.tie_embeddings:
+    if cfg.tie_embeddings and "embed_tokens.weight" in state:
         state.setdefault("lm_head.weight", state["embed_tokens.weight"])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise UsageError(f"{step_dir / MODEL_FILE}: weights do not match the model config ({str(e)[:200]})") from None
+    return model
+
+
+def load_model(path: str | Path, stage: str | None = None, device: str = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[GPT, dict[str, Any], Path]:
+    """Load a checkpoint's model for inference or further training: (model, meta, step_dir)."""
+    step_dir = resolve_checkpoint(path, stage)
+    meta = read_meta(step_dir)
+    model = model_from_checkpoint(step_dir, meta)
     return model.to(device=device, dtype=dtype), meta, step_dir
+
+
+def resumable(step_dir: Path) -> bool:
+    """A checkpoint written by the trainer (optimizer and trainer state beside the weights), not a weights-only
+    import; one of the two missing is a broken checkpoint, which resuming reports."""
+    return (step_dir / OPTIM_FILE).is_file() or (step_dir / STATE_FILE).is_file()
+
+
+C = TypeVar("C")
+
+
+@dataclass
+class Start:
+    """Where a training stage starts, decided once for pretraining and SFT alike.
+
+    kind: ``fresh`` (new weights), ``resume`` (this stage's newest checkpoint: weights, optimizer, data position) or
+    ``init`` (another checkpoint's weights, a fresh optimizer: ``--init-from``, or a weights-only checkpoint such as
+    an import found in the stage itself). ``config`` is the stage's config, with the values saved in a resumed
+    checkpoint filled in under the fields the user gave.
+    """
+
+    kind: str
+    step_dir: Path | None
+    meta: dict[str, Any]
+    config: Any
+
+    @property
+    def saved_model_config(self) -> dict[str, Any] | None:
+        return self.meta.get("model_config")
+
+
+def resolve_start(cfg: C, given: set[str] | frozenset[str] = frozenset()) -> Start:
+    """Resolve once where stage ``cfg.stage`` of run ``cfg.run`` starts; ``cfg`` is a TrainConfig (or subclass)."""
+    run = RunDir(cfg.run)
+    found = run.latest_step_dir(cfg.stage)
+    if found is not None:
+        meta = read_meta(found)
+        if resumable(found):
+            return Start("resume", found, meta, merge_saved_config(cfg, meta, given, found / META_FILE))
+        return Start("init", found, meta, cfg)
+    if cfg.resume:
+        raise UsageError(f"{run.stage_dir(cfg.stage)}: --resume given but there is no checkpoint to resume")
+    if cfg.init_from:
+        if "/" not in cfg.init_from and not os.path.isdir(cfg.init_from):
+            step_dir = run.require_checkpoint(cfg.init_from)  # a stage of this run
+        else:
+            step_dir = resolve_checkpoint(cfg.init_from)
+        return Start("init", step_dir, read_meta(step_dir), cfg)
+    return Start("fresh", None, {}, cfg)
+
+
+def merge_saved_config(cfg: C, meta: dict[str, Any], given: set[str] | frozenset[str], where: Path) -> C:
+    """Every field the user did not give comes from the checkpoint's saved config, so rerunning the same command
+    resumes the same run; what to do now (preflight only, resume required) always comes from the command."""
+    saved = meta.get("train_config") or {}
+    fields = type(cfg).__dataclass_fields__
+    known = {k: v for k, v in saved.items() if k in fields}
+    merged = {**known, **{k: v for k, v in to_dict(cfg).items() if k in given or k not in known}}
+    merged["preflight_only"], merged["resume"] = cfg.preflight_only, cfg.resume
+    return config_from_dict(type(cfg), merged, where=str(where))
 
 
 def load_optimizer_state(step_dir: Path) -> dict[str, Any] | None:

@@ -32,7 +32,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scalelab.common import INFERENCE_DTYPE_HELP, UsageError
+from scalelab.common import UsageError
+from scalelab.lm.inference.loading import DTYPE_HELP
 from scalelab.lm.special_tokens import BOS, END
 from scalelab.serve import schemas
 from scalelab.serve.schemas import APIError, ChatCompletionRequest, CompletionRequest
@@ -65,7 +66,7 @@ class ServeConfig:
     cors_origin: list[str] = field(default_factory=list, metadata={
         "help": "origins allowed to call the API from a browser (e.g. http://localhost:3000); none = no CORS"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": INFERENCE_DTYPE_HELP})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level (warning hides request lines)"})
 
     def engine_stream_interval(self) -> int | str:
@@ -438,7 +439,8 @@ PAGE_HEADERS = {
 
 def build_app(cfg: ServeConfig) -> FastAPI:
     """Load the run's tokenizer and checkpoint, start the engine, and wrap both in the app."""
-    from scalelab.lm.inference.engine import Engine, load_for_inference, run_in_fresh_thread
+    from scalelab.lm.inference.engine import Engine
+    from scalelab.lm.inference.loading import load_for_inference, run_in_fresh_thread
 
     cfg.check()
     run = Path(cfg.run)

@@ -79,8 +79,10 @@ def load_token_bytes(run: RunDir, vocab_size: int) -> np.ndarray | None:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: unreadable ({e})") from None
-    if arr.ndim != 1 or arr.shape[0] < vocab_size:
-        raise UsageError(f"{path}: expected {vocab_size} entries, found shape {arr.shape}")
+    if arr.ndim != 1:
+        raise UsageError(f"{path}: expected one entry per token id, found shape {arr.shape}")
+    if arr.shape[0] < vocab_size:  # a padded vocabulary (an imported model): the extra ids never occur as targets
+        arr = np.pad(arr, (0, vocab_size - arr.shape[0]))
     return arr[:vocab_size].astype(np.int64)
 
 

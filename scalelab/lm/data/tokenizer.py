@@ -154,12 +154,26 @@ def copy_tokenizer(src: str | Path, directory: str | Path) -> Path:
     return directory / TOKENIZER_FILE
 
 
+def find_tokenizer(path: str | Path, step_dir: Path | None = None) -> Path | None:
+    """tokenizer.json from a file, a tokenizer folder, or a run folder; with ``step_dir``, also from the checkpoint's
+    stage and run folders (a step folder passed as ``path``). None when there is none."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    bases = [p] + ([step_dir, step_dir.parent, step_dir.parent.parent] if step_dir is not None else [])
+    for base in bases:
+        for cand in (base / TOKENIZER_FILE, base / "tokenizer" / TOKENIZER_FILE):
+            if cand.is_file():
+                return cand
+    return None
+
+
 def resolve_tokenizer_path(path_or_run_dir: str | Path) -> Path:
-    """tokenizer.json from a file, a tokenizer folder, or a run folder (``<run>/tokenizer/tokenizer.json``)."""
+    """find_tokenizer, or a UsageError that says where it looked."""
+    found = find_tokenizer(path_or_run_dir)
+    if found is not None:
+        return found
     p = Path(path_or_run_dir)
-    for cand in (p, p / TOKENIZER_FILE, p / "tokenizer" / TOKENIZER_FILE):
-        if cand.is_file():
-            return cand
     raise UsageError(f"{p}: no tokenizer found (expected {p / 'tokenizer' / TOKENIZER_FILE}, "
                      f"{p / TOKENIZER_FILE} or a tokenizer.json file; run `scalelab tokenizer` first)")
 

@@ -1,4 +1,4 @@
-"""Rows and batches over a ``Decoder``: ``generate`` (one stream), ``generate_batch`` and the engine's ``_Batch``.
+"""Rows and batches over a ``Decoder``: ``generate`` (one stream), ``generate_batch`` and the engine's ``Batch``.
 
     for token_id in generate(model, prompt_ids, max_new_tokens=64, temperature=0):    # streams ids
         ...
@@ -18,7 +18,7 @@ from scalelab.lm.inference.decoding import Decoder
 from scalelab.lm.inference.sampling import Sampler, sample_rows
 
 
-def _check_prompt(prompt_ids: Sequence[int], vocab_size: int, context: int) -> list[int]:
+def check_prompt(prompt_ids: Sequence[int], vocab_size: int, context: int) -> list[int]:
     ids = [int(t) for t in prompt_ids]
     if not ids:
         raise ValueError("the prompt is empty: give at least one token (e.g. <|bos|>)")
@@ -31,7 +31,7 @@ def _check_prompt(prompt_ids: Sequence[int], vocab_size: int, context: int) -> l
     return ids
 
 
-class _Row:
+class Row:
     """One sequence being generated: its sampler, budget, stop ids and what it emitted."""
 
     def __init__(self, prompt: list[int], budget: int, sampler: Sampler, stop_ids: Iterable[int]) -> None:
@@ -54,7 +54,7 @@ class _Row:
 PREFILL_CHUNK = 512  # prompt tokens fed per step at most, across the rows being admitted (chunked prefill)
 
 
-class _Batch:
+class Batch:
     """Active rows packed into decoder rows 0..n-1: admit, step (one batched forward), retire.
 
     With the packed forward (``Decoder.packed``: the CPU kernels) a row's prompt goes in with the next step, beside
@@ -68,12 +68,12 @@ class _Batch:
 
     def __init__(self, decoder: Decoder) -> None:
         self.dec = decoder
-        self.rows: list[_Row] = []
+        self.rows: list[Row] = []
 
     def free(self) -> int:
         return self.dec.max_batch - len(self.rows)
 
-    def admit(self, row: _Row) -> int:
+    def admit(self, row: Row) -> int:
         """Take ``row`` into the next free decoder row; returns the tokens it produced now (0, or 1 when prefilled
         at once)."""
         slot = len(self.rows)
@@ -150,13 +150,13 @@ def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int,
     when prompt + output fill the context. Arguments are checked at once (ValueError), before the first token.
     """
     dec = Decoder(model, 1)
-    prompt = _check_prompt(prompt_ids, dec.config.vocab_size, dec.max_len)
-    row = _Row(prompt, min(int(max_new_tokens), dec.max_len - len(prompt)),
+    prompt = check_prompt(prompt_ids, dec.config.vocab_size, dec.max_len)
+    row = Row(prompt, min(int(max_new_tokens), dec.max_len - len(prompt)),
                Sampler(temperature, top_k, top_p, seed), stop_ids)
     return _stream(dec, row)
 
 
-def _stream(dec: Decoder, row: _Row) -> Iterator[int]:
+def _stream(dec: Decoder, row: Row) -> Iterator[int]:
     if row.budget <= 0:
         return
     logits = dec.prefill(0, row.prompt)
@@ -184,10 +184,10 @@ def generate_batch(model: torch.nn.Module, prompts: list[list[int]], max_new_tok
     stop_ids = list(stop_ids)
     rows = []
     for i, p in enumerate(prompts):
-        ids = _check_prompt(p, dec.config.vocab_size, dec.max_len)
-        rows.append(_Row(ids, min(int(max_new_tokens), dec.max_len - len(ids)),
+        ids = check_prompt(p, dec.config.vocab_size, dec.max_len)
+        rows.append(Row(ids, min(int(max_new_tokens), dec.max_len - len(ids)),
                          Sampler(temperature, top_k, top_p, None if seed is None else seed + i), stop_ids))
-    batch, waiting = _Batch(dec), deque(r for r in rows if r.budget > 0)
+    batch, waiting = Batch(dec), deque(r for r in rows if r.budget > 0)
     while waiting or batch.rows:
         while waiting and batch.free():
             batch.admit(waiting.popleft())

@@ -27,7 +27,7 @@ _HAS_DNNL = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "
 
 # ------------------------------------------------------------------------------------------------------ the decoder
 
-def _unwrap(model: torch.nn.Module) -> GPT:
+def unwrap(model: torch.nn.Module) -> GPT:
     model = getattr(model, "_orig_mod", model)  # torch.compile
     model = getattr(model, "module", model)  # DDP
     if not isinstance(model, GPT):
@@ -94,7 +94,7 @@ _FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # GPT -> (weigh
 def release_fused_weights(model: torch.nn.Module) -> None:
     """Drop the cached decoding copy of ``model``'s weights (a trainer that samples now and then calls this: the
     weights change before the next sample anyway, and the copy is about twice the model's size on CPU)."""
-    _FUSED.pop(_unwrap(model), None)
+    _FUSED.pop(unwrap(model), None)
 
 
 def _fused_weights(m: GPT) -> tuple[list[tuple[_Proj, _Proj, _Proj, _Proj]], _Proj]:
@@ -164,7 +164,7 @@ class Decoder:
     """
 
     def __init__(self, model: torch.nn.Module, max_batch: int = 1, max_len: int | None = None) -> None:
-        m = _unwrap(model)
+        m = unwrap(model)
         cfg = self.config = m.config
         emb = m.embed_tokens.weight
         self.device, self.dtype = emb.device, emb.dtype
@@ -273,7 +273,7 @@ class Decoder:
 
         Only with the CPU attention kernel (``self.packed``): decode tokens of several rows and whole prompts (or
         chunks of them, consecutive positions) share one pass, so a prompt costs its matmuls and no forward of its
-        own. The caller keeps ``lengths`` (``_Batch`` does).
+        own. The caller keeps ``lengths`` (``Batch`` does).
         """
         if not self.packed:
             raise RuntimeError("forward_tokens needs scalelab's CPU attention kernel (fp32 on CPU)")

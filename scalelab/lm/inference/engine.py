@@ -47,21 +47,19 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 
-from scalelab.lm.inference.batching import _Batch, _check_prompt, _Row, generate, generate_batch
-from scalelab.lm.inference.decoding import Decoder, _unwrap
+from scalelab.lm.inference.batching import Batch, Row, check_prompt, generate, generate_batch
+from scalelab.lm.inference.decoding import Decoder, unwrap
 from scalelab.lm.inference.sampling import Sampler
-from scalelab.lm.inference.textstream import TextStream, _backend, _StopStrings
-from scalelab.lm.model import GPT
+from scalelab.lm.inference.textstream import StopStrings, TextStream
+from scalelab.lm.special_tokens import encode_text
 
 __all__ = ["AUTO_MAX_DELAY", "Decoder", "Engine", "QueueFull", "Request", "Sampler", "TextStream",
-           "auto_stream_interval", "generate", "generate_batch", "load_for_inference", "run_in_fresh_thread"]
+           "auto_stream_interval", "generate", "generate_batch"]
 
 T = TypeVar("T")
 
@@ -83,7 +81,7 @@ class Request:
 
     _ids = itertools.count(1)
 
-    def __init__(self, row: _Row, tokenizer: Any, stop_strings: Iterable[str], wakeups: _Wakeups,
+    def __init__(self, row: Row, tokenizer: Any, stop_strings: Iterable[str], wakeups: _Wakeups,
                  stream_interval: int | None = 1) -> None:
         self.id = next(Request._ids)
         self._wakeups = wakeups
@@ -97,7 +95,7 @@ class Request:
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self._text = TextStream(tokenizer) if tokenizer is not None else None
-        self._stops = _StopStrings(stop_strings)
+        self._stops = StopStrings(stop_strings)
         self._chunks: list[str] = []
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -193,7 +191,8 @@ class Request:
         for loop, event in waiters:
             self._wakeups.add(loop, event)
 
-    def _emit(self, text: str, finish: str | None = None, error: BaseException | None = None) -> None:
+    def emit(self, text: str, finish: str | None = None, error: BaseException | None = None) -> None:
+        """Called by the engine thread: queue a text delta and/or finish the request, waking its readers."""
         with self._cond:
             if text:
                 self._chunks.append(text)
@@ -222,13 +221,13 @@ class Request:
             delta += self._text.flush()
         out, hit = self._stops.push(delta, final=finished)
         if hit:
-            self._emit(out, "stop")
+            self.emit(out, "stop")
             return True
         if finished:
-            self._emit(out, "stop" if stopped_by_id else "length")
+            self.emit(out, "stop" if stopped_by_id else "length")
             return True
         if out:
-            self._emit(out)
+            self.emit(out)
         return False
 
 
@@ -260,7 +259,7 @@ def _set_all(events: list[asyncio.Event]) -> None:
         event.set()
 
 
-class _EngineRow(_Row):
+class _EngineRow(Row):
     request: Request
 
     def push(self, token: int) -> bool:
@@ -315,7 +314,7 @@ class Engine:
         self._request_interval = None if auto else int(stream_interval)  # None: follow ``_Wakeups.interval``
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
-        self.model = _unwrap(model).eval()
+        self.model = unwrap(model).eval()
         self.tokenizer = tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self._waiting: deque[_EngineRow] = deque()
@@ -326,13 +325,13 @@ class Engine:
         self._wakeups = _Wakeups()  # flushed by the engine thread after each step
         # The decoder (fused, packed weights and the KV cache) is built by the engine thread itself, so that on CPU
         # its OpenMP thread team is the only busy one when the model was loaded off the main thread (see
-        # ``run_in_fresh_thread``).
+        # ``loading.run_in_fresh_thread``).
         failed: list[BaseException] = []
         ready = threading.Event()
 
         def build_then_run() -> None:
             try:
-                self._batch = _Batch(Decoder(self.model, max_batch, max_len))
+                self._batch = Batch(Decoder(self.model, max_batch, max_len))
             except BaseException as e:  # raised by the constructor below
                 failed.append(e)
                 return
@@ -347,13 +346,6 @@ class Engine:
             raise failed[0]
         self.context_length = self._batch.dec.max_len
 
-    @classmethod
-    def from_run(cls, run: str | Path, stage: str | None = None, device: str = "auto", dtype: str = "auto",
-                 **kwargs: Any) -> Engine:
-        """Load a run's (or stage's, or step's) checkpoint and tokenizer and start an engine on them."""
-        model, tokenizer, _ = run_in_fresh_thread(load_for_inference, run, stage, device, dtype)
-        return cls(model, tokenizer, **kwargs)
-
     def submit(self, prompt_ids: Sequence[int] | str, max_tokens: int | None = None, temperature: float = 1.0,
                top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_ids: Iterable[int] = (),
                stop_strings: Iterable[str] | str | None = ()) -> Request:
@@ -365,13 +357,13 @@ class Engine:
         if isinstance(prompt_ids, str):
             if self.tokenizer is None:
                 raise ValueError("a text prompt needs an engine with a tokenizer; pass token ids")
-            prompt_ids = _backend(self.tokenizer).encode(prompt_ids, add_special_tokens=False).ids
+            prompt_ids = encode_text(self.tokenizer, prompt_ids)
         if isinstance(stop_strings, str):
             stop_strings = [stop_strings]
         stop_strings = [s for s in (stop_strings or ()) if s]
         if stop_strings and self.tokenizer is None:
             raise ValueError("stop strings need an engine with a tokenizer")
-        prompt = _check_prompt(prompt_ids, self.model.config.vocab_size, self.context_length)
+        prompt = check_prompt(prompt_ids, self.model.config.vocab_size, self.context_length)
         room = self.context_length - len(prompt)
         if max_tokens is not None and (int(max_tokens) != max_tokens or max_tokens < 1):
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens}")
@@ -422,12 +414,12 @@ class Engine:
                     admit = [self._waiting.popleft() for _ in range(min(batch.free(), len(self._waiting)))]
                 for row in admit:
                     if row.cancelled():
-                        row.request._emit("", "cancelled")
+                        row.request.emit("", "cancelled")
                     else:
                         self.tokens += batch.admit(row)  # with the CPU kernels, the prompt goes in with the step
                 gone = [i for i, r in enumerate(batch.rows) if r.cancelled()]
                 for i in gone:
-                    batch.rows[i].request._emit("", "cancelled")
+                    batch.rows[i].request.emit("", "cancelled")
                 batch.retire(gone)
                 if admit:
                     self._wakeups.flush()  # cancellations (and torch's path: first tokens) before the next step
@@ -450,60 +442,5 @@ class Engine:
             rows = list(self._batch.rows) + list(self._waiting)
             self._waiting.clear()
         for row in rows:
-            row.request._emit("", "error" if error is not None else "cancelled", error)
+            row.request.emit("", "error" if error is not None else "cancelled", error)
         self._wakeups.flush()
-
-
-# ------------------------------------------------------------------------------------------------------ loading
-
-def run_in_fresh_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)`` in a new thread that ends right after (its result returned, its error raised).
-
-    Why: libgomp (PyTorch's OpenMP on Linux) keeps one worker team per thread that ever ran a parallel op, and once
-    it manages more threads than cores its workers stop spin-waiting and sleep between kernels. A model loaded in
-    the main thread gives the main thread a team for good, and the engine thread's decoding then pays a futex
-    wake-up per kernel. Loading in a thread that exits frees its team. Measured on 2 cores (5.3M-parameter model,
-    batch-8 decode step in the engine thread): model built in the main thread 2.20 ms, in a finished thread 1.25 ms.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalelab-load") as pool:  # its thread ends on exit
-        return pool.submit(fn, *args, **kwargs).result()
-
-
-def load_for_inference(run: str | Path, stage: str | None = None, device: str = "auto", dtype: str = "auto",
-                       ) -> tuple[GPT, Any, Path]:
-    """(model in eval mode, tokenizer, step folder) from a run, stage or step folder.
-
-    The tokenizer is the run's ``tokenizer/tokenizer.json``, looked up from the given folder and the checkpoint's
-    parents. ``device`` as in ``scalelab.common``; ``dtype`` "auto" is ``resolve_inference_dtype`` (bf16 where the
-    device does it fast, but fp32 on a CPU whose last-level cache holds the fp32 weights).
-    """
-    from scalelab.common import UsageError, resolve_device, resolve_inference_dtype, torch_dtype
-    from scalelab.lm.checkpoint import load_model
-    from scalelab.lm.data.tokenizer import load_tokenizer
-
-    dev = resolve_device(device)
-    wanted = resolve_inference_dtype(dtype, dev, None)  # checks the name before anything loads; fp32 if size decides
-    model, _meta, step_dir = load_model(run, stage=stage, device=dev, dtype=torch_dtype(wanted))
-    chosen = resolve_inference_dtype(dtype, dev, model.num_params())
-    if chosen != wanted:
-        model.to(torch_dtype(chosen))
-    tok_dir = find_tokenizer_dir(run, step_dir)
-    if tok_dir is None:
-        raise UsageError(f"{run}: no tokenizer found (expected tokenizer/tokenizer.json in the run folder)")
-    tokenizer = load_tokenizer(tok_dir)
-    if tokenizer.get_vocab_size() > model.config.vocab_size:
-        raise UsageError(f"{tok_dir}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only "
-                         f"{model.config.vocab_size}: they do not belong together")
-    return model.eval(), tokenizer, step_dir
-
-
-def find_tokenizer_dir(run: str | Path, step_dir: Path | None = None) -> Path | None:
-    """The folder holding tokenizer.json for a run/stage/step folder (its own ``tokenizer/`` or a parent's)."""
-    candidates = [Path(run)]
-    if step_dir is not None:  # step folder, stage folder, run folder
-        candidates += [step_dir, step_dir.parent, step_dir.parent.parent]
-    for base in candidates:
-        for cand in (base / "tokenizer", base):
-            if (cand / "tokenizer.json").is_file():
-                return cand
-    return None

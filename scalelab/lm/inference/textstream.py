@@ -1,7 +1,7 @@
 """Streamed text: ids to text deltas that never hold a broken UTF-8 character, and stop strings found in a stream.
 
     text = TextStream(tokenizer); piece = text.push(token_id)        # "" while a character is incomplete
-    stops = _StopStrings(["\\n\\n"]); out, hit = stops.push(piece)    # text safe to show, whether a stop was hit
+    stops = StopStrings(["\\n\\n"]); out, hit = stops.push(piece)    # text safe to show, whether a stop was hit
 
 Used by the engine's requests (scalelab/lm/inference/engine.py). Tested in tests/test_engine.py.
 """
@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-
-def _backend(tok: Any) -> Any:
-    return getattr(tok, "backend_tokenizer", tok)  # a transformers fast tokenizer -> its tokenizers.Tokenizer
+from scalelab.lm.special_tokens import backend
 
 
 class TextStream:
@@ -24,7 +22,7 @@ class TextStream:
     """
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
-        self.tok = _backend(tokenizer)
+        self.tok = backend(tokenizer)
         self.skip = skip_special_tokens
         self.ids: list[int] = []
         self.prefix = 0  # window start
@@ -51,7 +49,7 @@ class TextStream:
         return new[len(old):]
 
 
-class _StopStrings:
+class StopStrings:
     """Finds the first stop string in streamed text; holds back a tail that could still become one."""
 
     def __init__(self, stops: Iterable[str]) -> None:

@@ -98,9 +98,9 @@ def export_gguf(run: str | Path, out: str | Path, stage: str | None = None, dtyp
     run, out = Path(run), Path(out)
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; --out must name a .gguf file")
-    model, meta, step_dir, run_dir = load_for_export(run, stage)
+    model, meta, step_dir, tokenizer_json = load_for_export(run, stage)
     cfg = model.config
-    vocab = tokenizer_metadata(run_dir.tokenizer_json, cfg.vocab_size)
+    vocab = tokenizer_metadata(tokenizer_json, cfg.vocab_size)
     ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -302,7 +302,7 @@ def export_hf(run: str | Path, out: str | Path, stage: str | None = None, dtype:
     if dtype not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"--dtype {dtype!r}: choose fp32, bf16 or fp16")
     run, out = Path(run), Path(out)
-    model, meta, step_dir, run_dir = load_for_export(run, stage)
+    model, meta, step_dir, tokenizer_json = load_for_export(run, stage)
     cfg = model.config
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -312,7 +312,7 @@ def export_hf(run: str | Path, out: str | Path, stage: str | None = None, dtype:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config(cfg, hf_dtype))
         write_json(tmp / "generation_config.json", generation_config())
-        write_hf_tokenizer(run_dir.tokenizer_json, tmp, cfg.max_seq_len)
+        write_hf_tokenizer(tokenizer_json, tmp, cfg.max_seq_len)
         atomic_write_text(tmp / "README.md", _model_card(run, step_dir, meta, cfg, model.num_params()))
         write_json(tmp / "scalelab.json", {"source_step_dir": str(step_dir), "step": meta.get("step"),
                                            "stage": meta.get("stage"), "model_config": cfg.to_dict()})
@@ -324,15 +324,17 @@ def export_hf(run: str | Path, out: str | Path, stage: str | None = None, dtype:
     return ExportResult(out=out, step_dir=step_dir, files=files)
 
 
-def load_for_export(run: Path, stage: str | None) -> tuple[Any, dict[str, Any], Path, RunDir]:
-    """The checkpoint to export and the run holding its tokenizer, checked to belong together (HF and GGUF)."""
+def load_for_export(run: Path, stage: str | None) -> tuple[Any, dict[str, Any], Path, Path]:
+    """The checkpoint to export and its run's tokenizer.json, checked to belong together (HF and GGUF)."""
+    from scalelab.lm.data.tokenizer import find_tokenizer
+
     step_dir = resolve_checkpoint(run, stage)
     model, meta, _ = load_model(step_dir)
-    run_dir = RunDir(run) if (run / "tokenizer").is_dir() else RunDir(step_dir.parent.parent)
-    if not run_dir.tokenizer_json.is_file():
-        raise UsageError(f"{run_dir.tokenizer_json}: not found (the export needs the run's tokenizer)")
-    _check_tokenizer(run_dir.tokenizer_json, meta, step_dir)
-    return model, meta, step_dir, run_dir
+    tokenizer_json = find_tokenizer(run, step_dir)
+    if tokenizer_json is None:
+        raise UsageError(f"{RunDir(run).tokenizer_json}: not found (the export needs the run's tokenizer)")
+    _check_tokenizer(tokenizer_json, meta, step_dir)
+    return model, meta, step_dir, tokenizer_json
 
 
 def _check_tokenizer(tokenizer_json: Path, meta: dict[str, Any], step_dir: Path) -> None:

@@ -24,7 +24,7 @@ import torch
 from scalelab.common import UsageError, print0, progress, read_json, resolve_device, torch_dtype, write_json
 from scalelab.config import save_config
 from scalelab.lm.posttrain.multiple_choice import MC_SETS, evaluate_mc, load_mc_set
-from scalelab.lm.special_tokens import BOS, END
+from scalelab.lm.special_tokens import BOS, END, backend, encode_text
 from scalelab.runs import RunDir
 
 DEFAULT_MC_SETS = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "copa", "openbookqa", "boolq"]
@@ -66,13 +66,7 @@ Completer = Callable[[list[list[int]], list[int]], list[str]]
 
 def decode(tok: Any, ids: Sequence[int]) -> str:
     """Token ids -> text with special tokens kept (scorers look for ``<|end|>``)."""
-    tok = getattr(tok, "backend_tokenizer", tok)
-    return tok.decode(list(ids), skip_special_tokens=False)
-
-
-def _encode(tok: Any, text: str) -> list[int]:
-    tok = getattr(tok, "backend_tokenizer", tok)
-    return tok.encode(text, add_special_tokens=False).ids
+    return backend(tok).decode(list(ids), skip_special_tokens=False)
 
 
 def engine_completer(model: torch.nn.Module, tok: Any, max_new_tokens: int, batch_size: int = 32,
@@ -98,8 +92,7 @@ def fit_prompt(ids: list[int], max_len: int, bos_id: int) -> tuple[list[int], bo
 def evaluate_task(task: Any, stage: str, tok: Any, complete: Completer, limit: int, seed: int = 0,
                   few_shot: int = -1, max_prompt_len: int = 10**9, samples: int = 3) -> dict[str, Any]:
     """Score one task: its eval examples -> prompts for the stage -> completions -> ``task.score``, averaged."""
-    backend = getattr(tok, "backend_tokenizer", tok)
-    bos_id, end_id = backend.token_to_id(BOS), backend.token_to_id(END)
+    bos_id, end_id = backend(tok).token_to_id(BOS), backend(tok).token_to_id(END)
     examples = task.eval_examples(limit if limit > 0 else 200, seed=seed)
     if not examples:
         return {"score": 0.0, "n": 0}
@@ -107,7 +100,7 @@ def evaluate_task(task: Any, stage: str, tok: Any, complete: Completer, limit: i
     for ex in examples:
         if stage == "base":
             text = task.few_shot_prompt(ex, k=None if few_shot < 0 else few_shot, seed=seed)
-            ids = [bos_id] + _encode(tok, text)
+            ids = [bos_id] + encode_text(tok, text)
         else:
             from scalelab.lm.chat import render_prompt
 
@@ -165,14 +158,9 @@ def resolve_tasks(names: list[str], mixture: Any) -> dict[str, Any]:
 
 def require_chat_template(run: RunDir) -> None:
     """A chat checkpoint needs its tokenizer's chat template (tokenizer_config.json or chat_template.jinja)."""
-    cfg_path = run.tokenizer_dir / "tokenizer_config.json"
-    has = (run.tokenizer_dir / "chat_template.jinja").is_file()
-    if not has and cfg_path.is_file():
-        try:
-            has = bool(json.loads(cfg_path.read_text(encoding="utf-8")).get("chat_template"))
-        except (json.JSONDecodeError, AttributeError):
-            has = False
-    if not has:
+    from scalelab.lm.chat import has_chat_template
+
+    if not has_chat_template(run.tokenizer_dir):
         raise UsageError(f"{run.tokenizer_dir}: the tokenizer has no chat template (no chat_template in "
                          "tokenizer_config.json nor chat_template.jinja); cannot prompt a chat model. Rebuild it "
                          "with `scalelab tokenizer` or evaluate with --stage base")

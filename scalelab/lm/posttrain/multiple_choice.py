@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from scalelab.common import UsageError, progress
+from scalelab.lm.special_tokens import encode_text
 
 # name -> path under the shared data folder
 MC_SETS: dict[str, str] = {
@@ -129,16 +130,11 @@ def load_mc_set(name: str, limit: int | None = None, seed: int = 0, data_dir: st
 
 # ----------------------------------------------------------------------------------------------- scoring
 
-def _encode(tok: Any, text: str) -> list[int]:
-    tok = getattr(tok, "backend_tokenizer", tok)
-    return tok.encode(text, add_special_tokens=False).ids
-
-
 def option_tokens(tok: Any, context: str, continuation: str, bos_id: int | None = 0) -> tuple[list[int], int]:
     """(ids, n_cont): the context's tokens then the continuation's (joined by one space unless one is there)."""
     sep = "" if (not context or context[-1].isspace() or continuation[:1].isspace()) else " "
-    ctx = ([bos_id] if bos_id is not None else []) + _encode(tok, context)
-    cont = _encode(tok, sep + continuation)
+    ctx = ([bos_id] if bos_id is not None else []) + encode_text(tok, context)
+    cont = encode_text(tok, sep + continuation)
     if not cont:
         raise UsageError(f"empty continuation after {context[-40:]!r}")
     return ctx + cont, len(cont)

@@ -26,9 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from scalelab.common import UsageError, dist_info, print0, progress, read_json, write_json
-from scalelab.config import config_from_dict, load_yaml, save_config, to_dict
-from scalelab.lm.train.loop import TrainConfig, merge_saved_config, train
+from scalelab.common import UsageError, dist_info, print0, progress
+from scalelab.config import config_from_dict, load_yaml, to_dict
+from scalelab.lm.checkpoint import resolve_start
+from scalelab.lm.train.config import TrainConfig, batch_geometry
+from scalelab.lm.train.loop import train
 from scalelab.runs import RunDir
 
 Encoded = tuple[list[int], list[int]]  # (ids, loss mask)
@@ -251,23 +253,6 @@ def check_data_files(specs: list[str]) -> None:
         load_conversations(path)
 
 
-def _resolve_seq_len(cfg: SFTConfig, run: RunDir) -> int:
-    from scalelab.lm.checkpoint import read_meta
-
-    if cfg.seq_len > 0:
-        return cfg.seq_len
-    found = run.latest_step_dir(cfg.stage)
-    if found is not None:
-        saved = (read_meta(found).get("train_config") or {}).get("seq_len")
-        if saved:
-            return int(saved)
-    init = run.latest_step_dir(cfg.init_from) if cfg.init_from else None
-    if init is None:
-        raise UsageError(f"{run.stage_dir(cfg.init_from or 'base')}: no checkpoint to fine-tune (run `scalelab "
-                         f"pretrain --run {run.root}` first, or pass --init-from)")
-    return int(read_meta(init)["model_config"]["max_seq_len"])
-
-
 def build_source(cfg: SFTConfig, run: RunDir, seq_len: int) -> tuple[SFTSource, dict[str, Any]]:
     """Mixture -> rendered conversations -> packed train/val rows -> the batch source (+ what happened, counted)."""
     from scalelab.lm.chat import render
@@ -289,48 +274,43 @@ def build_source(cfg: SFTConfig, run: RunDir, seq_len: int) -> tuple[SFTSource, 
     ids, mask, stats = pack_rows(encoded, seq_len, pad_id, cfg.pack, cfg.seed, cfg.overlong)
     vids, vmask, vstats = pack_rows(val_encoded, seq_len, pad_id, cfg.pack, cfg.seed, cfg.overlong)
     info = dist_info()
-    per_step = cfg.batch_size * seq_len * info.world_size
-    accum = max(1, (cfg.total_batch_tokens or per_step) // per_step)
+    accum, _ = batch_geometry(cfg.batch_size, seq_len, info.world_size, cfg.total_batch_tokens)
     source = SFTSource(ids, mask, vids, vmask, cfg.batch_size, accum, info.rank, info.world_size, cfg.seed)
     report = {"train": stats.as_dict(), "val": vstats.as_dict(), "mixture": to_dict(mixture)}
     return source, report
 
 
-def sft(cfg: SFTConfig, explicit: set[str] | None = None) -> dict[str, Any]:
-    """Fine-tune ``cfg.init_from`` into stage ``cfg.stage`` with the shared loop; returns train()'s summary + data."""
+def sft(cfg: SFTConfig, given: frozenset[str] | None = None) -> dict[str, Any]:
+    """Fine-tune ``cfg.init_from`` into stage ``cfg.stage`` with the shared loop; returns train()'s summary + data.
+
+    ``given``: the fields a command line set (the rest come from a resumed checkpoint); None = all of ``cfg``."""
     if not cfg.run:
         raise UsageError("--run is required (the run folder with a base checkpoint, e.g. runs/demo)")
     run = RunDir(cfg.run)
     if not run.root.is_dir():
         raise UsageError(f"{run.root}: run folder not found")
     check_data_files(cfg.data)  # malformed files fail in a second, before any model is built
-    seq_len = _resolve_seq_len(cfg, run)
-    source, report = build_source(cfg, run, seq_len)
+    given = frozenset(dataclasses.asdict(cfg)) if given is None else given
+    start = resolve_start(cfg, given)
+    cfg = start.config
+    if start.step_dir is None:
+        raise UsageError(f"{run.stage_dir('base')}: no checkpoint to fine-tune (run `scalelab pretrain --run "
+                         f"{run.root}` first, or pass --init-from)")
+    if cfg.seq_len <= 0:  # rows as long as the model's context
+        cfg.seq_len = int(start.saved_model_config["max_seq_len"])
+    source, report = build_source(cfg, run, cfg.seq_len)
     s = report["train"]
-    print0(f"SFT data: {s['conversations']:,} conversations -> {s['rows']:,} rows of {seq_len + 1} tokens "
+    print0(f"SFT data: {s['conversations']:,} conversations -> {s['rows']:,} rows of {cfg.seq_len + 1} tokens "
            f"({100 * s['fill']:.0f}% filled, {s['target_tokens']:,} target tokens); "
            f"{s['truncated']} truncated, {s['dropped']} dropped as longer than a row; "
            f"{report['val']['conversations']} held out for validation")
-    tc_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    tcfg = TrainConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in tc_fields})
-    tcfg.seq_len = seq_len
-    if explicit is not None:
-        tcfg = merge_saved_config(tcfg, explicit | {"seq_len"})
     if (run.tokenizer_dir / "tokenizer_config.json").is_file() or run.tokenizer_dir.is_dir():
-        from scalelab.lm.posttrain.evaluate import require_chat_template
+        from scalelab.lm.chat import has_chat_template, install_chat_template
 
-        try:
-            require_chat_template(run)
-        except UsageError:
-            from scalelab.lm.chat import install_chat_template
-
+        if not has_chat_template(run.tokenizer_dir):
             install_chat_template(run.tokenizer_dir)
             print0(f"installed the chat template into {run.tokenizer_dir}")
-    if dist_info().is_main and not tcfg.preflight_only:
-        save_config(cfg, run.config_json, section="sft")
-        save_config(mixture_from(cfg), run.config_json, section="sft_mixture")  # eval reads the task options here
-        merged = read_json(run.config_json)
-        merged["sft_data"] = {"train": report["train"], "val": report["val"]}  # what the packing kept and cut
-        write_json(run.config_json, merged)
-    summary = train(tcfg, source)
+    # eval reads the task options from sft_mixture; sft_data says what the packing kept and cut
+    extra = {"sft_mixture": to_dict(mixture_from(cfg)), "sft_data": {"train": report["train"], "val": report["val"]}}
+    summary = train(cfg, source, given=given | {"seq_len"}, start=start, extra_config=extra)
     return {**summary, "sft_data": report}

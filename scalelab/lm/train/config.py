@@ -1,6 +1,6 @@
 """The training configuration (a dataclass: flags and YAML derive from it) and its helpers.
 
-    from scalelab.lm.train.loop import TrainConfig, train   # re-exported there
+    from scalelab.lm.train.config import TrainConfig
     cfg = TrainConfig(run="runs/demo", model="micro", max_steps=500)
 """
 
@@ -10,11 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scalelab.common import UsageError
-from scalelab.config import config_from_dict, to_dict
-from scalelab.lm import checkpoint as ckpt
 from scalelab.lm.model import PRESETS, ModelConfig
 from scalelab.lm.train.optim import SCHEDULE_CHOICES
-from scalelab.runs import RunDir
 
 
 @dataclass
@@ -84,19 +81,14 @@ class TrainConfig:
 MODEL_FIELDS = ("model", "depth", "n_layer", "n_embd", "n_head", "n_kv_head", "tie_embeddings", "seq_len")
 
 
-def merge_saved_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
-    """When the stage already has a checkpoint, take every field the user did not set explicitly from the saved
-    config, so rerunning ``scalelab pretrain --run DIR`` resumes the same run."""
-    if not cfg.run:
-        return cfg
-    found = RunDir(cfg.run).latest_step_dir(cfg.stage)
-    if found is None:
-        return cfg
-    saved = ckpt.read_meta(found).get("train_config") or {}
-    known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
-    merged = {**known, **{k: v for k, v in to_dict(cfg).items() if k in explicit or k not in known}}
-    merged["preflight_only"], merged["resume"] = cfg.preflight_only, cfg.resume
-    return config_from_dict(TrainConfig, merged, where=str(found / ckpt.META_FILE))
+def batch_geometry(batch_size: int, seq_len: int, world: int, total_batch_tokens: int = 0) -> tuple[int, int]:
+    """(gradient-accumulation steps, tokens per optimizer step): the one rule for pretraining and SFT alike."""
+    per_step = batch_size * seq_len * world
+    total = total_batch_tokens or per_step
+    if total % per_step:
+        raise UsageError(f"--total-batch-tokens {total} must be a multiple of batch-size * seq-len * processes "
+                         f"= {batch_size} * {seq_len} * {world} = {per_step}")
+    return total // per_step, total
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
@@ -114,7 +106,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         raise UsageError(f"model flags: {e}") from None
 
 
-def _validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig) -> None:
     if not cfg.run:
         raise UsageError("--run is required (the run directory holding data/ and tokenizer/)")
     for name in ("seq_len", "batch_size", "max_steps", "log_every"):

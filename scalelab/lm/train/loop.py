@@ -27,10 +27,12 @@ under torchrun the same command runs DDP (``--parallel ddp``, default) or FSDP2 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -52,9 +54,9 @@ from scalelab.common import (
 from scalelab.config import save_config, to_dict
 from scalelab.lm import checkpoint as ckpt
 from scalelab.lm.data.loader import BatchSource, load_meta, load_token_bytes, token_source
-from scalelab.lm.model import GPT, ModelConfig
+from scalelab.lm.model import GPT
 from scalelab.lm.train import preflight
-from scalelab.lm.train.config import TrainConfig, _validate, merge_saved_config, model_config  # noqa: F401
+from scalelab.lm.train.config import MODEL_FIELDS, TrainConfig, batch_geometry, model_config, validate
 from scalelab.lm.train.log import plot_loss, sample_completions, truncate_metrics
 from scalelab.lm.train.optim import build_optimizer, lr_at, peak_tflops, replan_total, resolve_schedule
 from scalelab.runs import RunDir
@@ -119,20 +121,37 @@ def eval_sums(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor |
     return loss[valid].sum(), valid.sum().double(), loss[b > 0].sum(), b.sum().double()
 
 
-def train(cfg: TrainConfig, source: BatchSource | None = None) -> dict[str, Any]:
-    """Train (or resume) ``cfg.stage`` of ``cfg.run``; returns a summary dict (steps, losses, bpb, tokens/s)."""
-    _validate(cfg)
-    device = resolve_device(cfg.device)
+def train(cfg: TrainConfig, source: BatchSource | None = None, given: Iterable[str] | None = None,
+          start: ckpt.Start | None = None, extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or resume) ``cfg.stage`` of ``cfg.run``; returns a summary dict (steps, losses, bpb, tokens/s).
+
+    ``given``: the fields the user set (a command line's); the rest come from a resumed checkpoint's saved config.
+    None means every field of ``cfg`` stands (a library call). ``start``: where the stage starts, when the caller
+    already resolved it (SFT does, to size its rows). ``extra_config``: more sections for the run's config.json,
+    written in the same single write as the stage's own.
+    """
+    validate(cfg)
+    given = frozenset(dataclasses.asdict(cfg)) if given is None else frozenset(given)
+    if start is None:
+        start = ckpt.resolve_start(cfg, given)
+    validate(start.config)
+    device = resolve_device(start.config.device)
     info = init_distributed(device)
     try:
-        return _Trainer(cfg, device, info, source).fit()
+        return Trainer(start, given, device, info, source, extra_config or {}).fit()
     finally:
         destroy_distributed()
 
 
-class _Trainer:
-    def __init__(self, cfg: TrainConfig, device: str, info, source: BatchSource | None) -> None:
-        self.cfg, self.device, self.info = cfg, device, info
+class Trainer:
+    """One stage's training. Every attribute is created here; _restore and _loop only update them."""
+
+    def __init__(self, start: ckpt.Start, given: frozenset[str], device: str, info, source: BatchSource | None,
+                 extra_config: dict[str, Any]) -> None:
+        cfg = start.config
+        # ---- where and how it runs
+        self.cfg, self.start, self.given, self.device, self.info = cfg, start, given, device, info
+        self.extra_config = extra_config
         self.run = RunDir(cfg.run)
         self.dtype = resolve_dtype(cfg.dtype, device)
         self.dev_type = device.split(":")[0]
@@ -141,28 +160,38 @@ class _Trainer:
         if device.startswith("cuda") and self.dist:
             self.device = device = f"cuda:{info.local_rank}"
         self._setup_backend()
+        # ---- the model, its data and batch geometry
         self.data_meta = load_meta(self.run) if (source is None or self.run.data_meta.is_file()) else None
-        self.found = self.run.latest_step_dir(cfg.stage)
-        if cfg.resume and self.found is None:
-            raise UsageError(f"{self.run.stage_dir(cfg.stage)}: --resume given but there is no checkpoint to resume")
+        self.found = start.step_dir if start.kind == "resume" else None
+        self.init_dir = start.step_dir if start.kind == "init" else None
+        self.tokenizer_sha: str | None = None
         self.model = self._build_model()
         self.mcfg = self.model.config
-        # batch geometry
-        per_step = cfg.batch_size * cfg.seq_len * self.world
-        total = cfg.total_batch_tokens or per_step
-        if total % per_step:
-            raise UsageError(f"--total-batch-tokens {total} must be a multiple of batch-size * seq-len * processes "
-                             f"= {cfg.batch_size} * {cfg.seq_len} * {self.world} = {per_step}")
-        self.accum = total // per_step
-        self.tokens_per_step = total
+        self.accum, self.tokens_per_step = batch_geometry(cfg.batch_size, cfg.seq_len, self.world,
+                                                          cfg.total_batch_tokens)
         self.source = source if source is not None else token_source(
             self.run, cfg.seq_len, cfg.batch_size, self.accum, info.rank, self.world, cfg.seed, cfg.eval_tokens,
             self.data_meta)
-        vocab = self.mcfg.vocab_size
-        self.token_bytes = load_token_bytes(self.run, vocab) if self.data_meta is not None else None
+        self.token_bytes = load_token_bytes(self.run, self.mcfg.vocab_size) if self.data_meta is not None else None
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         self.num_params = self.model.num_params()
         self.peak = cfg.peak_tflops or peak_tflops(device, self.dtype)
+        # ---- wrapped model and optimizer (set by _wrap)
+        self.loss_mod: nn.Module | None = None
+        self.ddp: nn.Module | None = None
+        self.eager_mod: nn.Module | None = None  # set while a compiled module has not run yet
+        self.opt: torch.optim.Optimizer | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        # ---- progress (set by _restore from a resumed checkpoint, advanced by _loop)
+        self.start_step, self.tokens_seen, self.prev_elapsed = 0, 0, 0.0
+        self.last_eval: dict[str, Any] | None = None
+        self.saved_total: int | None = None
+        self.schedule = resolve_schedule(cfg.schedule, cfg.time_budget)
+        self.total_steps, self.lr = cfg.max_steps, cfg.lr
+        # ---- clocks of the loop: evaluation + checkpoint seconds (all, and the latest), recent step times
+        self.t_start = time.perf_counter()
+        self.pause_total, self.last_pause = 0.0, 0.0
+        self.windows: list[float] = []
 
     # ------------------------------------------------------------------------------------------------ setup
     def _setup_backend(self) -> None:
@@ -170,57 +199,38 @@ class _Trainer:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             torch.set_num_threads(self.cfg.num_threads or max(1, cores // max(1, local)))
-            torch.set_flush_denormal(True)  # peaked softmax gradients are denormal-heavy: 7x slower without this
+            torch.set_flush_denormal(True)  # peaked softmax gradients are denormal-heavy and slow without this
         if self.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             torch.set_float32_matmul_precision("high")
 
     def _build_model(self) -> GPT:
-        cfg, run = self.cfg, self.run
+        cfg, run, start = self.cfg, self.run, self.start
         data_vocab = int(self.data_meta["vocab_size"]) if self.data_meta else None
         data_sha = self.data_meta.get("tokenizer_sha256") if self.data_meta else None
-        init_dir = None
-        if self.found is not None:
-            init_dir = self.found
-        elif cfg.init_from:
-            if "/" not in cfg.init_from and not os.path.isdir(cfg.init_from):
-                init_dir = run.require_checkpoint(cfg.init_from)  # a stage of this run
-            else:
-                init_dir = ckpt.resolve_checkpoint(cfg.init_from)
-        if init_dir is not None:
-            meta = ckpt.read_meta(init_dir)
-            if "model_config" not in meta:
-                raise UsageError(f"{init_dir / ckpt.META_FILE}: missing field 'model_config'")
-            saved = dict(meta["model_config"])
-            if data_vocab is not None and saved.get("vocab_size") != data_vocab:
-                raise UsageError(f"{init_dir / ckpt.META_FILE}: checkpoint vocab_size {saved.get('vocab_size')} does "
-                                 f"not match {run.data_meta} vocab_size {data_vocab} (tokenizer changed?)")
-            if data_sha and meta.get("tokenizer_sha256") and meta["tokenizer_sha256"] != data_sha:
-                raise UsageError(f"{init_dir / ckpt.META_FILE}: tokenizer_sha256 differs from {run.data_meta} "
-                                 "(the data was tokenized with another tokenizer)")
-            if self.found is not None and not cfg.init_from:  # with init_from the weights define the model
-                ckpt.check_model_config(init_dir, saved, model_config(cfg, saved["vocab_size"]).to_dict())
-            saved["max_seq_len"] = max(saved.get("max_seq_len", cfg.seq_len), cfg.seq_len)
-            mcfg = ModelConfig(**saved)
-        else:
+        if start.step_dir is None:
             if data_vocab is None:
                 raise UsageError(f"{run.data_meta}: no token data and no --init-from checkpoint to size the model")
-            mcfg = model_config(cfg, data_vocab)
-        self.tokenizer_sha = data_sha or (ckpt.read_meta(init_dir).get("tokenizer_sha256") if init_dir else None)
+            self.tokenizer_sha = data_sha
+            seed_everything(cfg.seed)
+            return GPT(model_config(cfg, data_vocab))
+        meta, where = start.meta, start.step_dir / ckpt.META_FILE
+        saved = meta.get("model_config")
+        if not isinstance(saved, dict):
+            raise UsageError(f"{where}: missing field 'model_config'")
+        if data_vocab is not None and int(saved.get("vocab_size", 0)) < data_vocab:
+            raise UsageError(f"{where}: checkpoint vocab_size {saved.get('vocab_size')} is smaller than "
+                             f"{run.data_meta} vocab_size {data_vocab} (tokenizer changed?)")
+        if data_sha and meta.get("tokenizer_sha256") and meta["tokenizer_sha256"] != data_sha:
+            raise UsageError(f"{where}: tokenizer_sha256 differs from {run.data_meta} "
+                             "(the data was tokenized with another tokenizer)")
+        if start.kind == "resume" and not cfg.init_from and self.given & set(MODEL_FIELDS):
+            # model flags given on a resume must agree with the checkpoint; without them the weights decide
+            ckpt.check_model_config(start.step_dir, saved, model_config(cfg, saved["vocab_size"]).to_dict())
+        self.tokenizer_sha = data_sha or meta.get("tokenizer_sha256")
         seed_everything(cfg.seed)
-        model = GPT(mcfg)
-        if init_dir is not None:
-            state = ckpt.load_state(init_dir)
-            if mcfg.tie_embeddings:
-                state.setdefault("lm_head.weight", state["embed_tokens.weight"])
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise UsageError(f"{init_dir / ckpt.MODEL_FILE}: weights do not match the model config "
-                                 f"({str(e)[:160]})") from None
-        self.init_dir = init_dir
-        return model
+        return ckpt.model_from_checkpoint(start.step_dir, meta, max_seq_len=cfg.seq_len)
 
     def _wrap(self) -> None:
         model, cfg = self.model.to(self.device), self.cfg
@@ -243,9 +253,8 @@ class _Trainer:
             self.loss_mod = self.ddp
         else:
             self.loss_mod, self.ddp = LossSum(model), None
-        self._eager_mod: nn.Module | None = None  # set while a compiled module has not run yet
         if cfg.compile:
-            self._eager_mod, self.loss_mod = self.loss_mod, torch.compile(self.loss_mod)
+            self.eager_mod, self.loss_mod = self.loss_mod, torch.compile(self.loss_mod)
         self.opt = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
         self.scaler = torch.amp.GradScaler(self.dev_type, enabled=self.dtype == "fp16")
 
@@ -292,8 +301,6 @@ class _Trainer:
 
     def _restore(self) -> None:
         """Optimizer, RNG and trainer state of the checkpoint being resumed (weights were loaded before wrapping)."""
-        self.start_step, self.tokens_seen, self.prev_elapsed, self.last_eval = 0, 0, 0.0, None
-        self.saved_total = None
         if self.found is None:
             return
         state = ckpt.load_trainer_state(self.found)
@@ -317,7 +324,7 @@ class _Trainer:
                              f"!= {self.tokens_per_step} now; keep --total-batch-tokens to resume exactly")
         self.prev_elapsed = float(state.get("elapsed_s", 0.0))
         self.last_eval = state.get("last_eval")
-        saved_cfg = ckpt.read_meta(self.found).get("train_config") or {}
+        saved_cfg = self.start.meta.get("train_config") or {}
         if (saved_cfg.get("max_steps"), saved_cfg.get("time_budget")) == (self.cfg.max_steps, self.cfg.time_budget):
             self.saved_total = state.get("total_steps")
 
@@ -334,7 +341,7 @@ class _Trainer:
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss module's forward; if torch.compile fails on its first call (no C++ compiler, an unsupported
         platform...), say so and go on eagerly: a real error in the model or data then raises again, eagerly."""
-        if self._eager_mod is None:
+        if self.eager_mod is None:
             return self.loss_mod(x, y)
         try:
             out = self.loss_mod(x, y)
@@ -342,17 +349,17 @@ class _Trainer:
             first = (str(e).splitlines() or [""])[0][:200]
             print0(f"warning: torch.compile failed ({type(e).__name__}: {first}); continuing without it "
                    "(--compile false skips the attempt)")
-            self.loss_mod = self._eager_mod
+            self.loss_mod = self.eager_mod
             out = self.loss_mod(x, y)
-        self._eager_mod = None
+        self.eager_mod = None
         return out
 
-    def _dry_step(self) -> None:
+    def _dry_step(self, dry_opt: torch.optim.Optimizer) -> None:
         x, y = self.source.next_batch(0, 0)
         n = max(1, int((y != -1).sum()))
         self._micro(x, y, 1.0 / n, last=True)
-        self._dry_opt.step()
-        self._dry_opt.zero_grad(set_to_none=True)
+        dry_opt.step()
+        dry_opt.zero_grad(set_to_none=True)
 
     def elapsed(self) -> float:
         return self.prev_elapsed + (time.perf_counter() - self.t_start)
@@ -389,38 +396,38 @@ class _Trainer:
         cfg, info = self.cfg, self.info
         self._wrap()
         self._restore()
-        self.schedule = resolve_schedule(cfg.schedule, cfg.time_budget)
         self.lr = lr_at(self.start_step, cfg.lr, cfg.max_steps, cfg.warmup_steps, self.schedule, cfg.min_lr_ratio,
                         cfg.decay_frac)
         # ---- preflight: memory check, then timed dry steps (lr 0: weights unchanged) before anything is written
-        num_params = self.num_params
-        est = preflight.estimate_memory(self.mcfg, num_params, cfg.batch_size, cfg.seq_len, self.dtype,
+        est = preflight.estimate_memory(self.mcfg, self.num_params, cfg.batch_size, cfg.seq_len, self.dtype,
                                         self.world, self.fsdp)
-        preflight.check_fits(est, self.device, cfg.batch_size, cfg.seq_len, self.accum, self.world, self.fsdp)
+        plan = preflight.Plan(self.mcfg, self.num_params, self.flops_per_token, est, self.device, self.dtype,
+                              self.world, cfg.batch_size, cfg.seq_len, self.accum, self.fsdp, self.peak)
+        preflight.describe(plan)
+        preflight.check_fits(plan)
         tok_s = None
         if cfg.preflight_steps > 0:
-            self._dry_opt = build_optimizer(self.model, 0.0, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
-            tok_s = preflight.measure_throughput(self._dry_step, cfg.batch_size * cfg.seq_len, cfg.preflight_steps,
-                                                 self.device)
-            del self._dry_opt
-        self.total_steps = cfg.max_steps
+            dry_opt = build_optimizer(self.model, 0.0, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
+            tok_s = preflight.measure_throughput(lambda: self._dry_step(dry_opt), cfg.batch_size * cfg.seq_len,
+                                                 cfg.preflight_steps, self.device)
+            del dry_opt
         if self.saved_total:
             self.total_steps = int(self.saved_total)
         elif cfg.time_budget > 0 and tok_s:
             remaining_s = cfg.time_budget * 60 - self.prev_elapsed
             fit = int(0.92 * remaining_s * tok_s * self.world / self.tokens_per_step)  # 8% for evaluation
             self.total_steps = max(self.start_step + 1, min(cfg.max_steps, self.start_step + fit))
-        summary = preflight.report(self.mcfg, num_params, self.flops_per_token, est, self.device, self.dtype,
-                                   self.world, cfg.batch_size, cfg.seq_len, self.accum, self.total_steps,
-                                   self.start_step, tok_s, self.peak)
+        summary = preflight.report(plan, self.total_steps, self.start_step, tok_s)
         if cfg.preflight_only:
             return {"preflight": summary, "step": self.start_step}
         if info.is_main:
             dropped = truncate_metrics(self.run, cfg.stage, self.start_step)
-            save_config(cfg, self.run.config_json, section=cfg.stage)
+            save_config(cfg, self.run.config_json, section=cfg.stage, extra=self.extra_config)
             if self.found is not None:
                 print0(f"resuming {self.found} at step {self.start_step}" + (
                     f" (dropped {dropped} later metrics lines)" if dropped else ""))
+            elif self.init_dir is not None:
+                print0(f"starting from the weights of {self.init_dir} (fresh optimizer)")
         return self._loop(summary)
 
     def _loop(self, summary: dict[str, Any]) -> dict[str, Any]:
@@ -428,8 +435,6 @@ class _Trainer:
         step, last_loss, tok_rate, mfu, last_saved = self.start_step, None, None, None, -1
         self.t_start = time.perf_counter()
         win_t, win_tokens = time.perf_counter(), 0
-        self.pause_total, self.last_pause = 0.0, 0.0  # evaluation + checkpoint seconds (all, and the latest)
-        self._windows: list[float] = []  # seconds per training step of the latest log windows (time budget)
         loss_win = torch.zeros((), device=self.device)
         count_win = torch.zeros((), dtype=torch.float64, device=self.device)
         bar = progress(total=self.total_steps, initial=step, desc=f"{cfg.stage}", unit="step")
@@ -523,8 +528,8 @@ class _Trainer:
         # seconds per training step: the median of the last 3 log windows (the faster of the first 2), so one
         # busy window, or the first one with its warm-up, does not move the plan and a lasting change does; plus
         # evaluation/checkpoint time amortised over the steps so far
-        self._windows = (self._windows + [train_step_s])[-3:]
-        recent = sorted(self._windows)
+        self.windows = (self.windows + [train_step_s])[-3:]
+        recent = sorted(self.windows)
         step_s = recent[1] if len(recent) == 3 else recent[0]
         step_s += self.pause_total / done
         reserve = self.last_pause or 0.02 * cfg.time_budget * 60  # the final evaluation + checkpoint

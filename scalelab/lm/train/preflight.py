@@ -67,24 +67,67 @@ def available_memory(device: str) -> tuple[int, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical RAM"
 
 
-def check_fits(est: MemoryEstimate, device: str, batch_size: int, seq_len: int, grad_accum: int,
-               world_size: int, fsdp: bool) -> None:
-    avail, what = available_memory(device)
-    if est.total <= 0.9 * avail:
+@dataclass
+class Plan:
+    """What preflight reports on: the model, the batch geometry and the device of one run."""
+
+    mcfg: ModelConfig
+    num_params: int
+    flops_per_token: int
+    memory: MemoryEstimate
+    device: str
+    dtype: str
+    world_size: int
+    batch_size: int
+    seq_len: int
+    grad_accum: int
+    fsdp: bool = False
+    peak_tflops: float = 0.0
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum * self.world_size
+
+
+def check_fits(plan: Plan) -> None:
+    """UsageError when the run would not fit, naming at once the largest micro-batch that does."""
+    est, avail_what = plan.memory, available_memory(plan.device)
+    avail, what = avail_what
+    budget = 0.9 * avail
+    if est.total <= budget:
         return
     hints = []
-    if batch_size > 1:
-        hints.append(f"--batch-size {max(1, batch_size // 2)} (the token batch is kept by raising gradient "
-                     f"accumulation from {grad_accum} to {grad_accum * 2})")
-    if est.activations > est.weights * 4 and seq_len > 64:
-        hints.append(f"--seq-len {seq_len // 2}")
-    if world_size > 1 and not fsdp:
+    fixed = est.total - est.activations
+    per_row = est.activations / plan.batch_size
+    fits = int((budget - fixed) // per_row) if per_row > 0 and budget > fixed else 0
+    if 1 <= fits < plan.batch_size:
+        accum = plan.grad_accum * plan.batch_size / fits
+        keep = (f" with --total-batch-tokens {plan.tokens_per_step} kept by {accum:g} accumulation steps"
+                if accum.is_integer() else "")
+        hints.append(f"--batch-size {fits}{keep}")
+    if est.activations > est.weights * 4 and plan.seq_len > 64:
+        hints.append(f"--seq-len {plan.seq_len // 2}")
+    if plan.world_size > 1 and not plan.fsdp:
         hints.append("--parallel fsdp (shards weights, gradients and optimizer state)")
     hints.append("a smaller --model / --depth")
     raise UsageError(f"the run needs about {est.total / GiB:.1f} GiB per process (weights {est.weights / GiB:.2f}, "
                      f"gradients {est.gradients / GiB:.2f}, optimizer {est.optimizer / GiB:.2f}, activations "
-                     f"{est.activations / GiB:.2f}) but {device} has {avail / GiB:.1f} GiB {what}; try "
+                     f"{est.activations / GiB:.2f}) but {plan.device} has {avail / GiB:.1f} GiB {what}; try "
                      + ", or ".join(hints))
+
+
+def describe(plan: Plan) -> None:
+    """Print the model, batch and memory lines on rank 0 (before any dry step runs, so nothing is silent)."""
+    mcfg, est = plan.mcfg, plan.memory
+    avail, what = available_memory(plan.device)
+    print0(f"model: {plan.num_params / 1e6:.2f}M parameters, {mcfg.n_layer} layers, width {mcfg.n_embd}, "
+           f"{mcfg.n_head} heads, vocab {mcfg.vocab_size}, context {plan.seq_len}; "
+           f"{plan.flops_per_token / 1e6:.1f} MFLOP/token (training)")
+    print0(f"batch: {plan.batch_size} x {plan.seq_len} tokens x {plan.grad_accum} accumulation x "
+           f"{plan.world_size} process(es) = {plan.tokens_per_step:,} tokens/step; device {plan.device}, {plan.dtype}")
+    print0(f"memory/process: weights {est.weights / GiB:.3f} GiB, gradients {est.gradients / GiB:.3f}, optimizer "
+           f"{est.optimizer / GiB:.3f}, activations {est.activations / GiB:.3f} = {est.total / GiB:.2f} GiB "
+           f"(of {avail / GiB:.1f} GiB {what})")
 
 
 def measure_throughput(dry_step: Callable[[], None], tokens_per_call: int, steps: int, device: str) -> float:
@@ -93,6 +136,7 @@ def measure_throughput(dry_step: Callable[[], None], tokens_per_call: int, steps
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    print0(f"preflight: timing {steps} dry steps after a warm-up step...")
     t0 = time.perf_counter()
     dry_step()
     sync()
@@ -106,28 +150,17 @@ def measure_throughput(dry_step: Callable[[], None], tokens_per_call: int, steps
     return tokens_per_call * steps / max(elapsed, 1e-9)
 
 
-def report(mcfg: ModelConfig, num_params: int, flops_per_token: int, est: MemoryEstimate, device: str, dtype: str,
-           world_size: int, batch_size: int, seq_len: int, grad_accum: int, total_steps: int, start_step: int,
-           tokens_per_s: float | None, peak_tflops: float) -> dict:
-    """Print the preflight summary on rank 0 and return it as a dict."""
-    tokens_per_step = batch_size * seq_len * grad_accum * world_size
-    avail, what = available_memory(device)
-    print0(f"model: {num_params / 1e6:.2f}M parameters, {mcfg.n_layer} layers, width {mcfg.n_embd}, "
-           f"{mcfg.n_head} heads, vocab {mcfg.vocab_size}, context {seq_len}; "
-           f"{flops_per_token / 1e6:.1f} MFLOP/token (training)")
-    print0(f"batch: {batch_size} x {seq_len} tokens x {grad_accum} accumulation x {world_size} process(es) = "
-           f"{tokens_per_step:,} tokens/step; device {device}, {dtype}")
-    print0(f"memory/process: weights {est.weights / GiB:.3f} GiB, gradients {est.gradients / GiB:.3f}, optimizer "
-           f"{est.optimizer / GiB:.3f}, activations {est.activations / GiB:.3f} = {est.total / GiB:.2f} GiB "
-           f"(of {avail / GiB:.1f} GiB {what})")
-    out = {"num_params": num_params, "flops_per_token": flops_per_token, "memory_bytes": est.total,
-           "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_s, "projected_s": None}
+def report(plan: Plan, total_steps: int, start_step: int, tokens_per_s: float | None) -> dict:
+    """Print the projected run time on rank 0 and return the preflight summary as a dict."""
+    out = {"num_params": plan.num_params, "flops_per_token": plan.flops_per_token, "memory_bytes": plan.memory.total,
+           "tokens_per_step": plan.tokens_per_step, "tokens_per_s": tokens_per_s, "projected_s": None}
     if tokens_per_s:
         # tokens_per_s was measured per process; all processes advance together
-        step_s = tokens_per_step / (tokens_per_s * world_size)
+        step_s = plan.tokens_per_step / (tokens_per_s * plan.world_size)
         remaining = max(0, total_steps - start_step)
         out["projected_s"] = remaining * step_s
-        mfu = f", MFU {100 * tokens_per_s * flops_per_token / (peak_tflops * 1e12):.1f}%" if peak_tflops else ""
-        print0(f"throughput: {tokens_per_s * world_size:,.0f} tokens/s{mfu}; {step_s:.3f} s/step; "
+        mfu = (f", MFU {100 * tokens_per_s * plan.flops_per_token / (plan.peak_tflops * 1e12):.1f}%"
+               if plan.peak_tflops else "")
+        print0(f"throughput: {tokens_per_s * plan.world_size:,.0f} tokens/s{mfu}; {step_s:.3f} s/step; "
                f"{remaining} steps to go -> about {out['projected_s'] / 60:.1f} min (plus evaluation)")
     return out
