@@ -46,13 +46,13 @@ stage() {
 # ------------------------------------------------------------------------------------------------------------------
 # The real set lives in ../shared/data beside the repository; without it, scikit-learn's bundled digits stands in.
 if "$PY" -c "import sys; from scalelab.tabular.datasets import data_root; sys.exit(not data_root().is_dir())"; then
-  stage tabular-magic "${SL[@]}" curves --config configs/tabular_curves_magic.yaml --out "$RUN/tabular/magic"
+  stage tabular-magic "${SL[@]}" curves --config configs/magic_curves.yaml --out "$RUN/tabular/magic"
 else
-  stage tabular-digits "${SL[@]}" curves --config configs/tabular_curves_magic.yaml --dataset digits \
+  stage tabular-digits "${SL[@]}" curves --config configs/magic_curves.yaml --dataset digits \
     --out "$RUN/tabular/digits"
 fi
-stage tabular-teacher "${SL[@]}" curves --config configs/tabular_curves_teacher.yaml --out "$RUN/tabular/teacher"
-stage tabular-compute "${SL[@]}" compute-curves --config configs/tabular_compute_teacher.yaml \
+stage tabular-teacher "${SL[@]}" curves --config configs/teacher_curves.yaml --out "$RUN/tabular/teacher"
+stage tabular-compute "${SL[@]}" compute-curves --config configs/teacher_compute.yaml \
   --out "$RUN/tabular/compute_teacher"
 
 # ------------------------------------------------------------------------------------------------------------------

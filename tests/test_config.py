@@ -54,3 +54,45 @@ def test_every_shipped_config_loads(path: Path) -> None:
     module, _, cls_name = data.pop("_target").partition(":")
     cls = getattr(importlib.import_module(module), cls_name)
     config_from_dict(cls, data, where=str(path))
+
+
+TOKENIZER_CONFIGS = [p for p in SHIPPED if "TokenizerConfig" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", TOKENIZER_CONFIGS, ids=[p.name for p in TOKENIZER_CONFIGS])
+def test_shipped_corpus_specs_resolve_on_any_machine(path: Path, monkeypatch) -> None:
+    """A shipped tokenizer config names sources that exist wherever scalelab is installed (no .venv layout assumed);
+    only the shared public data sets may be absent, and then the test says so."""
+    import glob
+
+    from scalelab.common import UsageError
+    from scalelab.lm.data.corpus import parse_source
+
+    monkeypatch.chdir(Path(__file__).parents[1])  # specs are relative to the repository root
+    for spec in load_yaml(path).get("corpus") or []:
+        if "shared/data" in spec and not glob.glob(spec.partition(":")[0]):
+            pytest.skip(f"{spec}: the shared data folder is absent")
+        try:
+            parse_source(spec)
+        except UsageError as e:
+            pytest.fail(f"{path.name}: {e}")
+
+
+def test_configs_follow_one_naming_scheme() -> None:
+    """<profile>_<stage>.yaml, one file per pair: no twins such as demo_pretrain and pretrain_demo."""
+    stages = {"tokenizer", "pretrain", "sft", "eval", "mixture", "curves", "compute", "scaling", "bench"}
+    names = [p.stem for p in SHIPPED]
+    assert all(n.rpartition("_")[2] in stages for n in names), [n for n in names if n.rpartition("_")[2] not in stages]
+    assert not [n for n in names if n.partition("_")[0] in stages], "a stage name stands first"
+
+
+def test_site_packages_is_a_corpus_source() -> None:
+    from scalelab.common import UsageError
+    from scalelab.lm.data.corpus import iter_source, parse_source
+
+    src = parse_source("site-packages/yaml")
+    assert src.kind == "site-packages"
+    docs = list(iter_source(src))
+    assert docs and any("def safe_load" in d for d in docs)
+    with pytest.raises(UsageError, match="no-such-package"):
+        parse_source("site-packages/no-such-package")

@@ -135,4 +135,5 @@ def test_sft_without_a_base_checkpoint_is_a_clear_error(tmp_path, capsys) -> Non
 
     (tmp_path / "run").mkdir()
     assert main(["sft", "--run", str(tmp_path / "run")]) == 2
-    assert f"no checkpoint to start from (run `scalelab pretrain --run {tmp_path / 'run'}` first)" in capsys.readouterr().err
+    hint = f"no checkpoint to start from (run `scalelab pretrain --run {tmp_path / 'run'}` first)"
+    assert hint in capsys.readouterr().err

@@ -4,7 +4,7 @@
     scalelab tokenizer --run runs/mix --corpus stdlib --corpus ../shared/data/tiny_shakespeare/input.txt:2 \\
         --corpus ../shared/data/mbpp/mbpp.jsonl#code:0.5 --vocab-size 8192
     scalelab tokenizer --run runs/sft --tokenizer runs/demo --corpus notes/ --val-corpus held_out.jsonl#text
-    scalelab tokenizer --config configs/tokenizer_stdlib.yaml
+    scalelab tokenizer --config configs/stdlib_tokenizer.yaml
 """
 
 from __future__ import annotations

@@ -285,7 +285,7 @@ class _BaseMLP(BaseEstimator):
         threads = self.num_threads
         if threads is None:
             # Small layers: one thread. Two threads only split tiny matmuls, and when the other core is busy the
-            # OpenMP barrier makes every op wait for it (measured 10-30x slower per step on a loaded 2-core box).
+            # OpenMP barrier makes every op wait for it (many times slower per step on a loaded 2-core box).
             widths = [X.shape[1], *self._hidden]
             step_flops = 2 * min(int(self.batch_size), len(X)) * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
             threads = 1 if step_flops < 32e6 else torch.get_num_threads()

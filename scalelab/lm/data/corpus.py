@@ -3,6 +3,7 @@
 A source spec is ``PATH[#FIELD][:WEIGHT]``:
 
     stdlib                         the running Python's standard library (.py, tests left out) + pydoc topics, ~12 MB
+    site-packages[/PKG]            the .py files the running Python has installed (or one package's), tests left out
     notes/ or 'books/*.txt'        text files (.txt .md .py ...), a folder (recursive) or a glob
     data.jsonl#text:2              JSONL (or .jsonl.gz, .json list, .parquet) with a text field, weight 2
     my_dataset_dir#content         a Hugging Face dataset saved with ``save_to_disk`` (its "train" split if a dict)
@@ -24,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,8 +59,19 @@ def stdlib_python_files() -> list[Path]:
     return sorted(out)
 
 
-def python_version_tag() -> str:
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
+def site_packages_python_files(package: str = "") -> list[Path]:
+    """Every .py file the running interpreter has installed (or one package's), sorted, tests left out: a larger
+    code corpus that needs no download and no particular folder layout."""
+    root = Path(sysconfig.get_paths()["purelib"])
+    start = root / package if package else root
+    if not start.is_dir():
+        raise UsageError(f"site-packages/{package}: no such installed package folder under {root}")
+    skip_parts = {"test", "tests", "testing", "__pycache__"}
+    out = []
+    for dirpath, dirnames, filenames in os.walk(start):
+        dirnames[:] = [d for d in dirnames if d not in skip_parts and not d.startswith((".", "test_"))]
+        out.extend(Path(dirpath) / f for f in filenames if f.endswith(".py") and not f.startswith("test_"))
+    return sorted(out)
 
 
 # ----------------------------------------------------------------------------------------------- source specs
@@ -73,7 +84,7 @@ class Source:
     path: str
     field: str | None = None
     weight: float = 1.0
-    kind: str = "text"  # stdlib | files | hf_disk | hf_hub
+    kind: str = "text"  # stdlib | site-packages | files | hf_disk | hf_hub
 
 
 def _has_glob(path: str) -> bool:
@@ -99,6 +110,9 @@ def parse_source(spec: str) -> Source:
         raise UsageError(f"corpus source '{spec}': empty path")
     if path == "stdlib":
         kind = "stdlib"
+    elif path == "site-packages" or path.startswith("site-packages/"):
+        kind = "site-packages"
+        site_packages_python_files(path.partition("/")[2])  # a missing package fails now, with its name
     elif path.startswith("hf:"):
         kind = "hf_hub"
         if not path[3:]:
@@ -150,6 +164,9 @@ def iter_source(src: Source, doc_max_bytes: int = DEFAULT_DOC_MAX_BYTES) -> Iter
         for _, text in sorted(pydoc_data.topics.topics.items()):
             if text.strip():
                 yield text
+    elif src.kind == "site-packages":
+        for path in site_packages_python_files(src.path.partition("/")[2]):
+            yield from iter_text_file(path, doc_max_bytes, strict=False)
     elif src.kind == "files":
         for path in source_files(src):
             suffix = _suffix(path)

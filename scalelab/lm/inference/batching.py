@@ -60,10 +60,9 @@ class Batch:
     With the packed forward (``Decoder.packed``: the CPU kernels) a row's prompt goes in with the next step, beside
     the other rows' decode tokens (continuous batching with chunked prefill, as vLLM does): a new request costs its
     prompt's matmuls but no forward of its own, and a long prompt is fed ``PREFILL_CHUNK`` tokens a step while the
-    other rows keep decoding. Why: a forward has a fixed cost (~0.4 ms on the demo model on 2 cores, the same for 1
-    token as for 8), which a prompt prefilled on its own pays again: a 26-token prompt took 0.95 ms alone. Measured
-    over HTTP (bench_serve, 8 streams of 64 tokens after a 26-token prompt, 3 interleaved pairs): 7,418 / 7,364 /
-    6,669 -> 7,858 / 7,741 / 7,523 tokens/s. Otherwise (torch's attention) ``admit`` prefills at once.
+    other rows keep decoding. Why: a forward has a fixed cost, the same for 1 token as for 8, which a prompt
+    prefilled on its own pays again (bench_serve measures the gain). Otherwise (torch's attention) ``admit``
+    prefills at once.
     """
 
     def __init__(self, decoder: Decoder) -> None:

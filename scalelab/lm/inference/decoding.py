@@ -38,12 +38,12 @@ def unwrap(model: torch.nn.Module) -> GPT:
 class _Proj:
     """One projection ``x @ w`` (+ a residual) on 2-D activations, with weights laid out for the device.
 
-    fp32 on CPU: scalelab's few-row kernel on the weight packed into column panels (see cpu_kernels.py:
-    8 rows (256 -> 768) 20.1 -> 9.5 us against oneDNN). Without the kernels (no C compiler, bf16 weights): the
-    weight packed by oneDNN (``torch.ops.mkldnn._reorder_linear_weight``; MKL's sgemm is slow for few rows:
-    8 rows (256 -> 4096) 203 -> 53 us), and for fp32 one row also a split by output columns into one slice per
-    thread, (threads, in, out / threads), through ``bmm`` so that every core reads its slice (MKL runs a
-    matrix-vector product on one core): (256 -> 4096) 134 -> 75 us. Without oneDNN (CUDA): plain ``mm``/``addmm``.
+    fp32 on CPU: scalelab's few-row kernel on the weight packed into column panels (see cpu_kernels.py). Without
+    the kernels (no C compiler, bf16 weights): the weight packed by oneDNN
+    (``torch.ops.mkldnn._reorder_linear_weight``; MKL's sgemm is slow for few rows), and for fp32 one row also a
+    split by output columns into one slice per thread, (threads, in, out / threads), through ``bmm`` so that every
+    core reads its slice (MKL runs a matrix-vector product on one core). Without oneDNN (CUDA): plain
+    ``mm``/``addmm``.
     """
 
     __slots__ = ("w", "packed", "split", "panels", "n")
@@ -105,7 +105,7 @@ def _fused_weights(m: GPT) -> tuple[list[tuple[_Proj, _Proj, _Proj, _Proj]], _Pr
     the rows of the projection that follows it, so a norm is 4 kernels.
 
     Cached per model while its parameters keep their storage and version counters (an optimizer step, a
-    ``load_state_dict`` or ``.to()`` changes them), which saves ~10-20 ms per ``generate`` call on a 5M model.
+    ``load_state_dict`` or ``.to()`` changes them), so repeated ``generate`` calls do not repack the weights.
     """
     cpu = m.embed_tokens.weight.device.type == "cpu"
     kernels = cpu and cpu_kernels.available()  # (never builds the CPU kernels for a GPU model)
@@ -183,8 +183,7 @@ class Decoder:
                                      m.rope_sin[: self.max_len, :half].float())  # (T, half): e^{i pos theta_j}
             self._eps = torch.tensor(self.eps, dtype=torch.float32, device=self.device)
         # Attention reads and the KV cache: the weights' dtype, but fp32 for bf16/fp16 weights on CPU, where torch's
-        # attention kernels for one query row are 3-4x slower in bf16 than in fp32 (measured, 8 rows x 8 heads x
-        # 80 positions: 218 vs 53 us). The projections stay in the weights' dtype.
+        # attention kernels for one query row are several times slower in bf16. The projections keep their dtype.
         self.kv_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
         with torch.inference_mode():
             shape = (cfg.n_layer, max_batch, cfg.n_kv_head, self.max_len, cfg.head_dim)
@@ -196,8 +195,8 @@ class Decoder:
         self._cast = self.dtype != torch.float32  # norms and RoPE compute in fp32; cast back only when needed
         self._cast_kv = self.kv_dtype != self.dtype
         # on CPU, scalelab's attention kernel writes the new keys/values and attends each token to its own row's
-        # prefix in one call, so decode tokens of rows at different lengths need no mask (8 rows x 4 heads x 130
-        # positions: 23 us against 38 us for the mask + SDPA) and prompts can share the pass (``forward_tokens``)
+        # prefix in one call, so decode tokens of rows at different lengths need no mask (cheaper than a mask +
+        # SDPA) and prompts can share the pass (``forward_tokens``)
         self.packed = (self.device.type == "cpu" and self.kv_dtype == torch.float32
                        and cpu_kernels.attention_supported(self.head_dim))
         self._scale = 1.0 / self.head_dim ** 0.5
@@ -225,7 +224,7 @@ class Decoder:
         Runs in the weights' own dtype: an enclosing autocast (a trainer sampling mid-run) is switched off, since the
         packed oneDNN projections take no part in autocast.
         """
-        if torch.is_autocast_enabled(self.device.type):  # entering autocast costs ~10 us: only when needed
+        if torch.is_autocast_enabled(self.device.type):  # entering autocast is not free: only when needed
             with torch.autocast(self.device.type, enabled=False):
                 return self._layers_forward(idx, rows, rot, write, attn_end, mask, causal, packed)
         return self._layers_forward(idx, rows, rot, write, attn_end, mask, causal, packed)

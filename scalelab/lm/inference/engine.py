@@ -24,8 +24,8 @@ in the same pass (chunked prefill, ``batching.PREFILL_CHUNK`` prompt tokens a st
 is prefilled on admission), (3) samples each row with its own seeded generator,
 detokenises incrementally, applies stop ids / stop strings / budgets, and (4) retires finished or cancelled rows,
 moving the last active row into the hole so active rows always occupy rows 0..n-1 (the forward only touches them).
-Concurrent clients share the cost of reading the weights: on 2 CPU cores a batch-8 decode step of the 5.3M-parameter
-demo model costs ~1.8x a batch-1 step (0.64 vs 0.36 ms at 130 cached positions, with scalelab's CPU kernels).
+Concurrent clients share the cost of reading the weights: a batch-8 decode step costs far less than eight batch-1
+steps (bench_generate measures it).
 
 Lengths: the prompt plus the completion never exceed the context (``model.config.max_seq_len``); a prompt that
 leaves no room is a ValueError. A generation stops after emitting a stop id (``generate`` yields it; the engine
@@ -35,8 +35,8 @@ Text: ``TextStream`` turns ids into text deltas that never hold a broken UTF-8 c
 one across tokens: text ending in U+FFFD is held back until the character completes). Stop strings are trimmed,
 and text that might be the start of a stop string is held back until it is known not to be one.
 
-The decoder (scalelab/lm/inference/decoding.py), batches and ``generate`` (batching.py), sampler (sampling.py) and
-detokeniser (textstream.py) are re-exported here.
+The decoder (decoding.py), batches and ``generate`` (batching.py), sampler (sampling.py) and detokeniser
+(textstream.py) are re-exported here; loading a model for it is loading.py's job.
 Tests: ``.venv/bin/pytest tests/test_engine.py -q``; speed: ``.venv/bin/python benchmarks/bench_generate.py``.
 """
 
@@ -278,11 +278,9 @@ def auto_stream_interval(rows: int, step_seconds: float, max_delay: float = AUTO
     """Deltas per reader wake-up for ``stream_interval="auto"``: one wake-up per decode step in all (k = ``rows``),
     but text waits at most ``max_delay`` (k - 1 steps of ``step_seconds``), and always at least 1.
 
-    Why: each wake-up becomes a socket write on the server (a syscall and a wake-up of the client, ~40 us on a
-    2-core VM, measured with py-spy as 65% of the event loop's busy time at 8 streams), and on a CPU machine that
-    time is taken from decoding. A text delta 8 ms late (8 streams, 1 ms steps) is below a 60 Hz screen's frame.
-    Measured over HTTP, 8 clients, demo model (bench_serve, interleaved runs): k = rows 7,427 / 7,516 tokens/s,
-    k = rows // 2 7,213 / 6,752.
+    Why: each wake-up becomes a socket write on the server (a syscall and a wake-up of the client, most of the
+    event loop's busy time under load), and on a CPU machine that time is taken from decoding; a delta held back
+    for less than a screen frame is not seen. bench_serve measures both settings.
     """
     if step_seconds <= 0:
         return max(1, rows)

@@ -8,7 +8,7 @@ log-likelihood when the model is large enough for them to mean anything (``--mc 
 always with ``--mc on``. Results go to ``<run>/eval/<stage>.json`` (RunDir.eval_json) and a table is printed.
 
     scalelab eval --run runs/demo --stage chat --limit 50
-    scalelab eval --run runs/demo --stage base --tasks arithmetic spelling --mc on --mc-limit 100
+    scalelab eval --run runs/demo --stage base --tasks arithmetic email --mc on --mc-limit 100
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ class SFTConfig(TrainConfig):
     sample_tokens: int = _like("sample_tokens", 32)
     # ---- data
     mixture_config: str = field(default="", metadata={
-        "help": "MixtureConfig YAML (e.g. configs/mixture_tiny.yaml); '' = the default mixture"})
+        "help": "MixtureConfig YAML (e.g. configs/tiny_mixture.yaml); '' = the default mixture"})
     tasks: list[str] = field(default_factory=list, metadata={
         "help": "tasks as name:weight, replacing the mixture's (empty = the mixture's)"})
     data: list[str] = field(default_factory=list, metadata={

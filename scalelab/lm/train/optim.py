@@ -17,9 +17,9 @@ always runs to its end. For wsd and constant, moving the end of the stable phase
 for cosine, re-planning re-stretches the remaining curve (small LR changes between log steps) and freezes once the
 last ``decay_frac`` of the run begins.
 
-Peak TFLOP/s (dense matmul, per device) for MFU, overridable with ``--peak-tflops``: this project's CPU measured
-0.44 (fp32) and 3.5 (bf16 through AMX) with 2 threads (see /work/shared/design/PERFORMANCE.md); H100 989 and A100 312
-(bf16 dense, vendor figures; fp32 counts as TF32 at half of that).
+Peak TFLOP/s (dense matmul, per device) for MFU, overridable with ``--peak-tflops``: ``peak_tflops``'s table holds
+the vendors' dense bf16 figures for GPUs (fp32 counts as TF32 at half of that) and a 2-core CPU's measured matmul
+peak; MFU on another CPU is only as right as that row.
 """
 
 from __future__ import annotations
