@@ -5,12 +5,15 @@ Nothing here runs on import. Every rank may call every function; only rank 0 pri
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,13 +166,98 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        usual_mode(Path(tmp))  # mkstemp makes 0600
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def usual_mode(path: Path) -> None:
+    """Give a file or folder that mkstemp, mkdtemp or safetensors made owner-only the permissions the umask allows,
+    so another user (an Ollama service, a shared group) can read weights and exports."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (POSIX only; a no-op where folders cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file below ``path``, then every folder bottom-up, before a rename publishes it."""
+    for dirpath, _dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+MiB = 1024**2
+
+
+@contextlib.contextmanager
+def space_for(where: Path, what: str, needed: int = 0) -> Iterator[None]:
+    """Turn a write that failed for lack of space into one UsageError naming the folder, the free space and what
+    was needed. torch.save reports a full disk as a RuntimeError about file positions, so a failed write with less
+    free space than ``needed`` counts too."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            raise e from None
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not full and not (isinstance(e, RuntimeError) and needed and free < needed):
+            raise
+        need = f"about {needed / MiB:,.1f} MiB needed, " if needed else ""
+        raise UsageError(f"{where}: no space left on the device to write {what} ({need}{free / MiB:,.1f} MiB "
+                         "free); free some space and rerun the same command") from None
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as a writer runs, so two runs never write one folder.
+
+    ``fcntl.flock`` on ``<run>/.lock``: the kernel drops it when the process dies, so a killed run never leaves a
+    stale lock. The holder's pid is written in the file for the refusal message."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.path = Path(root) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UsageError(f"{self.path.parent}: another scalelab process (pid {holder}) is writing this run; wait "
+                             "for it to finish or use another --run") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from scalelab.common import UsageError, write_json
+from scalelab.common import UsageError, fsync_dir, fsync_tree, print0, space_for, usual_mode, write_json
 from scalelab.config import config_from_dict, to_dict
 from scalelab.lm.model import GPT, ModelConfig
 from scalelab.runs import RunDir
@@ -53,24 +53,43 @@ def save_checkpoint(run: RunDir, stage: str, step: int, model: torch.nn.Module, 
     tmp = final.with_name(final.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     state = model_state if model_state is not None else _model_state(model)
-    save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-    full_meta = {"step": step, "stage": stage, **meta}
-    write_json(tmp / META_FILE, full_meta)
-    if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / OPTIM_FILE)
-    if trainer_state is not None:
-        write_json(tmp / STATE_FILE, trainer_state)
+    needed = sum(v.numel() * v.element_size() for v in state.values()) + _tensor_bytes(optimizer_state)
+    try:
+        with space_for(run.stage_dir(stage), f"checkpoint {final.name}", needed):
+            tmp.mkdir(parents=True)
+            save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+            usual_mode(tmp / MODEL_FILE)  # safetensors writes owner-only
+            write_json(tmp / META_FILE, {"step": step, "stage": stage, **meta})
+            if optimizer_state is not None:
+                torch.save(optimizer_state, tmp / OPTIM_FILE)
+            if trainer_state is not None:
+                write_json(tmp / STATE_FILE, trainer_state)
+            fsync_tree(tmp)  # every file on disk before the rename publishes the folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the resume point
+        raise
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+    fsync_dir(final.parent)
     run.mark_latest(stage, final)
     if keep_last > 0:
         steps = sorted(p for p in run.stage_dir(stage).glob("step_*") if p.is_dir() and not p.name.endswith(".partial"))
         for old in steps[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested dict/list (an optimizer state), for the free-space check."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 DEFAULT_STAGES = ("chat", "base")  # what sample, chat, eval, export and serve pick when --stage is not given
@@ -182,9 +201,8 @@ class Start:
 def resolve_start(cfg: C, given: set[str] | frozenset[str] = frozenset()) -> Start:
     """Resolve once where stage ``cfg.stage`` of run ``cfg.run`` starts; ``cfg`` is a TrainConfig (or subclass)."""
     run = RunDir(cfg.run)
-    found = run.latest_step_dir(cfg.stage)
+    found, meta = newest_complete(run, cfg.stage)
     if found is not None:
-        meta = read_meta(found)
         if resumable(found):
             return Start("resume", found, meta, merge_saved_config(cfg, meta, given, found / META_FILE))
         return Start("init", found, meta, cfg)
@@ -197,6 +215,41 @@ def resolve_start(cfg: C, given: set[str] | frozenset[str] = frozenset()) -> Sta
             step_dir = resolve_checkpoint(cfg.init_from)
         return Start("init", step_dir, read_meta(step_dir), cfg)
     return Start("fresh", None, {}, cfg)
+
+
+def check_complete(step_dir: Path) -> dict[str, Any]:
+    """The meta of a checkpoint whose files all read back (safetensors checks its header against the file size);
+    UsageError naming the broken file otherwise."""
+    from safetensors import safe_open
+
+    meta = read_meta(step_dir)
+    try:
+        with safe_open(str(step_dir / MODEL_FILE), framework="pt") as fh:
+            fh.keys()
+    except (OSError, SafetensorError, ValueError) as e:
+        raise UsageError(f"{step_dir / MODEL_FILE}: corrupt or truncated checkpoint ({e})") from None
+    load_trainer_state(step_dir)
+    return meta
+
+
+def newest_complete(run: RunDir, stage: str) -> tuple[Path | None, dict[str, Any]]:
+    """The newest checkpoint of a stage whose files read back, and its meta; a broken newer one (a disk that lied,
+    a copy cut short) is passed over with a warning instead of stopping the run."""
+    latest = run.latest_step_dir(stage)
+    if latest is None:
+        return None, {}
+    steps = sorted((p for p in run.stage_dir(stage).glob("step_*") if p.is_dir() and not p.name.endswith(".partial")
+                    and p.name <= latest.name), reverse=True)
+    for i, step_dir in enumerate(steps):
+        try:
+            meta = check_complete(step_dir)
+        except UsageError as e:
+            if i + 1 == len(steps):
+                raise
+            print0(f"warning: {e}; falling back to {steps[i + 1].name}")
+            continue
+        return step_dir, meta
+    return None, {}
 
 
 def merge_saved_config(cfg: C, meta: dict[str, Any], given: set[str] | frozenset[str], where: Path) -> C:

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from scalelab.common import UsageError, print0, progress, read_json, write_json
+from scalelab.common import RunLock, UsageError, print0, progress, read_json, space_for, write_json
 from scalelab.config import save_config
 from scalelab.lm.data.corpus import DEFAULT_DOC_MAX_BYTES, CorpusPlan, hash_fraction, parse_source, scan
 from scalelab.lm.data.tokenizer import (
@@ -227,6 +227,20 @@ def prepare(cfg: TokenizerConfig) -> dict[str, Any]:
     plan = scan(sources, val_sources, cfg.val_fraction, cfg.doc_max_bytes)
 
     run.root.mkdir(parents=True, exist_ok=True)
+    with RunLock(run.root), space_for(run.root, "the tokenizer and token shards"):
+        meta, t_tok, t_enc, bpt = _build(cfg, run, plan, reuse)
+    save_config(cfg, run.config_json, section="tokenizer")
+    return {"run": str(run.root), "tokenizer": str(run.tokenizer_json), "vocab_size": meta["vocab_size"],
+            "documents": {s: meta["splits"][s]["documents"] for s in SPLITS},
+            "tokens": {s: meta["splits"][s]["tokens"] for s in SPLITS},
+            "bytes": {s: meta["splits"][s]["bytes"] for s in SPLITS},
+            "bytes_per_token_val": bpt, "seconds": {"tokenizer": t_tok, "encode": t_enc,
+                                                     "total": time.perf_counter() - t_start}}
+
+
+def _build(cfg: TokenizerConfig, run: RunDir, plan: CorpusPlan, reuse: str | None) -> tuple[dict, float, float, Any]:
+    """Train (or copy) the tokenizer and encode the shards in a staging folder, then install both; the staging
+    folder is removed whatever happens, so a full disk leaves the run as it was."""
     stage = Path(tempfile.mkdtemp(dir=run.root, prefix=".tokenizer-stage-"))
     try:
         t0 = time.perf_counter()
@@ -266,13 +280,7 @@ def prepare(cfg: TokenizerConfig) -> dict[str, Any]:
         _install(stage, run, replace_tokenizer=reuse is None or tok_file.parent != run.tokenizer_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    save_config(cfg, run.config_json, section="tokenizer")
-    return {"run": str(run.root), "tokenizer": str(run.tokenizer_json), "vocab_size": meta["vocab_size"],
-            "documents": {s: meta["splits"][s]["documents"] for s in SPLITS},
-            "tokens": {s: meta["splits"][s]["tokens"] for s in SPLITS},
-            "bytes": {s: meta["splits"][s]["bytes"] for s in SPLITS},
-            "bytes_per_token_val": bpt, "seconds": {"tokenizer": t_tok, "encode": t_enc,
-                                                     "total": time.perf_counter() - t_start}}
+    return meta, t_tok, t_enc, bpt
 
 
 def _show_progress() -> bool:

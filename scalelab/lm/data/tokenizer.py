@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from scalelab.common import UsageError
+from scalelab.common import UsageError, usual_mode
 from scalelab.lm.special_tokens import BOS, END, PAD, SPECIAL_TOKENS
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -115,9 +114,7 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
 def _staging_dir(directory: Path) -> Path:
     """A fresh sibling folder to build ``directory`` in (same file system, so the final rename is atomic)."""
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the installed folder should be like any other
+    usual_mode(tmp)  # mkdtemp makes it private; the installed folder should be like any other
     return tmp
 
 

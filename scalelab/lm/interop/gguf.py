@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalelab.common import UsageError
+from scalelab.common import UsageError, usual_mode
 from scalelab.lm.interop.hf import ExportResult, export_state, load_for_export
 from scalelab.lm.special_tokens import BOS, END, PAD, SPECIAL_TOKENS
 
@@ -98,6 +98,8 @@ def export_gguf(run: str | Path, out: str | Path, stage: str | None = None, dtyp
     run, out = Path(run), Path(out)
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; --out must name a .gguf file")
+    if out.is_file() and out.read_bytes()[:4] != b"GGUF":
+        raise UsageError(f"{out}: exists and is not a GGUF file; nothing was overwritten (choose another --out)")
     model, meta, step_dir, tokenizer_json = load_for_export(run, stage)
     cfg = model.config
     vocab = tokenizer_metadata(tokenizer_json, cfg.vocab_size)
@@ -140,6 +142,7 @@ def export_gguf(run: str | Path, out: str | Path, stage: str | None = None, dtyp
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        usual_mode(Path(tmp))  # mkstemp makes it owner-only: llama.cpp or an Ollama service must read it
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from scalelab.common import UsageError, atomic_write_text, print0, read_json, write_json
+from scalelab.common import UsageError, atomic_write_text, print0, read_json, usual_mode, write_json
 from scalelab.lm.checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from scalelab.lm.model import GPT, ModelConfig
 from scalelab.lm.special_tokens import BOS, END, PAD, SPECIAL_TOKENS
@@ -306,10 +306,12 @@ def export_hf(run: str | Path, out: str | Path, stage: str | None = None, dtype:
     cfg = model.config
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    usual_mode(tmp)  # mkdtemp makes it owner-only: other users (a model server) must read the export
     try:
         hf_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
         state = {k: v.to(torch_dtype(dtype)) for k, v in export_state(model, "hf").items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        usual_mode(tmp / "model.safetensors")
         write_json(tmp / "config.json", hf_config(cfg, hf_dtype))
         write_json(tmp / "generation_config.json", generation_config())
         write_hf_tokenizer(tokenizer_json, tmp, cfg.max_seq_len)

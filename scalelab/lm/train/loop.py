@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scalelab.common import (
+    RunLock,
     UsageError,
     append_jsonl,
     destroy_distributed,
@@ -138,7 +139,9 @@ def train(cfg: TrainConfig, source: BatchSource | None = None, given: Iterable[s
     device = resolve_device(start.config.device)
     info = init_distributed(device)
     try:
-        return Trainer(start, given, device, info, source, extra_config or {}).fit()
+        # rank 0 holds the run folder's lock: a second writer on the same run is refused, not interleaved
+        with RunLock(cfg.run) if info.is_main else contextlib.nullcontext():
+            return Trainer(start, given, device, info, source, extra_config or {}).fit()
     finally:
         destroy_distributed()
 
