@@ -1,6 +1,8 @@
 """Configs are dataclasses; command-line flags and YAML files derive from them.
 
 A field's ``metadata={"help": "..."}`` becomes its flag's help line. Field ``lr_max`` becomes ``--lr-max``.
+A numeric field declares its range in the same metadata (``"ge"``, ``"gt"``, ``"le"``, ``"lt"``), checked in one
+place (``check_ranges``) for flags, YAML, saved configs and library calls alike; NaN and infinity are never valid.
 Precedence: dataclass defaults < ``--config file.yaml`` < explicit flags. The resolved config is saved as JSON.
 
     cfg = parse_config(TrainConfig, argv, prog="scalelab pretrain")
@@ -13,6 +15,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -124,9 +127,35 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") 
         raise UsageError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
     kwargs = {k: _coerce(v, hints[k], k, where) for k, v in data.items()}
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise UsageError(f"{where}: {e}") from None
+    check_ranges(cfg, where)
+    return cfg
+
+
+RANGE_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def check_ranges(cfg: Any, where: str = "config") -> None:
+    """UsageError naming the first field outside its declared range, or any NaN / infinite number."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            name = f"--{f.name.replace('_', '-')}" if where == "flags" else f"field '{f.name}'"
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UsageError(f"{where}: {name} must be a finite number, got {v}")
+            for key in RANGE_WORDS:
+                bound = f.metadata.get(key)
+                if bound is None:
+                    continue
+                ok = {"ge": v >= bound, "gt": v > bound, "le": v <= bound, "lt": v < bound}[key]
+                if not ok:
+                    rule = " and ".join(f"{RANGE_WORDS[k]} {f.metadata[k]}" for k in RANGE_WORDS if k in f.metadata)
+                    raise UsageError(f"{where}: {name} = {v} is out of range (must be {rule})")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

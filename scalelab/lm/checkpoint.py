@@ -141,14 +141,8 @@ def load_state(step_dir: Path) -> dict[str, torch.Tensor]:
 def model_from_checkpoint(step_dir: Path, meta: dict[str, Any], max_seq_len: int = 0) -> GPT:
     """The one way weights become a model (training and inference alike): build ``meta``'s model config, load the
     weights strictly. ``max_seq_len`` > the saved context widens it (RoPE needs no new weights)."""
-    if "model_config" not in meta:
-        raise UsageError(f"{step_dir / META_FILE}: missing field 'model_config'")
-    saved = dict(meta["model_config"])
-    saved["max_seq_len"] = max(int(saved.get("max_seq_len", 0) or 0), max_seq_len)
-    try:
-        cfg = ModelConfig(**saved)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"{step_dir / META_FILE}: bad 'model_config' ({e})") from None
+    cfg = saved_model_config(step_dir, meta, max_seq_len)
+    check_shapes(step_dir, cfg)  # before allocating: a wrong config must not ask for hundreds of GB
     model = GPT(cfg)
     state = load_state(step_dir)
     if cfg.tie_embeddings and "embed_tokens.weight" in state:
@@ -158,6 +152,31 @@ def model_from_checkpoint(step_dir: Path, meta: dict[str, Any], max_seq_len: int
     except RuntimeError as e:
         raise UsageError(f"{step_dir / MODEL_FILE}: weights do not match the model config ({str(e)[:200]})") from None
     return model
+
+
+def saved_model_config(step_dir: Path, meta: dict[str, Any], max_seq_len: int = 0) -> ModelConfig:
+    """``meta``'s model config with its types checked field by field (a hand-edited meta.json names the field)."""
+    saved = meta.get("model_config")
+    if not isinstance(saved, dict):
+        raise UsageError(f"{step_dir / META_FILE}: missing field 'model_config'")
+    cfg = config_from_dict(ModelConfig, saved, where=f"{step_dir / META_FILE} (model_config)")
+    cfg.max_seq_len = max(cfg.max_seq_len, max_seq_len)
+    return cfg
+
+
+def check_shapes(step_dir: Path, cfg: ModelConfig) -> None:
+    """The embedding's shape in the weights file (read from its header alone) must be the config's."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(step_dir / MODEL_FILE), framework="pt") as fh:
+            names = set(fh.keys())
+            shape = list(fh.get_slice("embed_tokens.weight").get_shape()) if "embed_tokens.weight" in names else None
+    except (OSError, SafetensorError, ValueError) as e:
+        raise UsageError(f"{step_dir / MODEL_FILE}: corrupt or truncated checkpoint ({e})") from None
+    if shape is not None and shape != [cfg.vocab_size, cfg.n_embd]:
+        raise UsageError(f"{step_dir / META_FILE}: model_config says vocab_size {cfg.vocab_size}, n_embd {cfg.n_embd} "
+                         f"but {MODEL_FILE} holds an embedding of shape {shape}")
 
 
 def load_model(path: str | Path, stage: str | None = None, device: str = "cpu",

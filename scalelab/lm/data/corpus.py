@@ -26,6 +26,7 @@ import json
 import math
 import os
 import sysconfig
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,7 +282,14 @@ def iter_jsonl(path: Path, name: str) -> Iterator[str]:
     """The ``name`` field of each JSON line (split on '\\n' only); errors name file:line and the field."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
+        lines = enumerate(fh, 1)
+        while True:
+            try:
+                lineno, raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a compressed file cut short or damaged
+                raise UsageError(f"{path}: truncated or corrupt gzip file ({e})") from None
             if not raw.strip():
                 continue
             try:

@@ -67,7 +67,14 @@ def open_tokens(run: RunDir, split: str, meta: dict[str, Any] | None = None, req
         raise UsageError(f"{path}: empty token shard")
     if size % dtype.itemsize:
         raise UsageError(f"{path}: {size} bytes is not a whole number of {dtype} tokens (truncated file?)")
-    return np.memmap(path, dtype=dtype, mode="r")
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    top = int(tokens.max())  # one pass over the map: an id past the vocabulary would crash the embedding mid-run
+    vocab = int(meta["vocab_size"]) if isinstance(meta.get("vocab_size"), int) else 0
+    if vocab and top >= vocab:
+        at = int(np.argmax(tokens >= vocab))
+        raise UsageError(f"{path}: token {at} has id {top if tokens[at] == top else int(tokens[at])} but "
+                         f"{run.data_meta} says vocab_size {vocab} (shards from another tokenizer?)")
+    return tokens
 
 
 def load_token_bytes(run: RunDir, vocab_size: int) -> np.ndarray | None:

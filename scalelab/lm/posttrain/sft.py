@@ -187,8 +187,9 @@ class SFTSource:
 def _like(name: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
     """A TrainConfig field with a new default for SFT, keeping its help text."""
     meta = dict(TrainConfig.__dataclass_fields__[name].metadata)
-    if "help" in kw:
-        meta["help"] = kw.pop("help")
+    for key in ("help", "ge"):
+        if key in kw:
+            meta[key] = kw.pop(key)
     return field(default=default, metadata=meta, **kw) if default is not dataclasses.MISSING else field(
         metadata=meta, **kw)
 
@@ -202,7 +203,7 @@ class SFTConfig(TrainConfig):
 
     stage: str = _like("stage", "chat")
     init_from: str = _like("init_from", "base")
-    seq_len: int = _like("seq_len", 0, help="row length in tokens; 0 = the base model's context")
+    seq_len: int = _like("seq_len", 0, help="row length in tokens; 0 = the base model's context", ge=0)
     lr: float = _like("lr", 1e-3)
     warmup_steps: int = _like("warmup_steps", 20)
     max_steps: int = _like("max_steps", 300)
@@ -216,8 +217,9 @@ class SFTConfig(TrainConfig):
         "help": "tasks as name:weight, replacing the mixture's (empty = the mixture's)"})
     data: list[str] = field(default_factory=list, metadata={
         "help": "your conversation files (JSONL messages, Alpaca, ShareGPT) as FILE[:WEIGHT], added to the mixture"})
-    conversations: int = field(default=0, metadata={"help": "training conversations drawn (0 = the mixture's n_train)"})
-    val_conversations: int = field(default=100, metadata={
+    conversations: int = field(default=0, metadata={"ge": 0,
+        "help": "training conversations drawn (0 = the mixture's n_train)"})
+    val_conversations: int = field(default=100, metadata={"ge": 0,
         "help": "conversations held out of training for the validation loss (at most a tenth of them)"})
     pack: bool = field(default=True, metadata={"help": "pack several conversations per row (else one per row)"})
     overlong: str = field(default="truncate", metadata={

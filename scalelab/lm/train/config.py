@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scalelab.common import UsageError
+from scalelab.config import check_ranges
 from scalelab.lm.model import PRESETS, ModelConfig
 from scalelab.lm.train.optim import SCHEDULE_CHOICES
 
@@ -27,54 +28,61 @@ class TrainConfig:
         "help": "require an existing checkpoint to resume (a run with one resumes anyway)"})
     # ---- model
     model: str = field(default="micro", metadata={"help": "model size preset", "choices": list(PRESETS)})
-    depth: int = field(default=0, metadata={"help": "layers, width 64*depth (0 = from --model)"})
-    n_layer: int = field(default=0, metadata={"help": "override the number of layers (0 = preset)"})
-    n_embd: int = field(default=0, metadata={"help": "override the width (0 = preset)"})
-    n_head: int = field(default=0, metadata={"help": "override the query heads (0 = preset: width/64)"})
-    n_kv_head: int = field(default=0, metadata={"help": "key/value heads (0 = n_head)"})
+    depth: int = field(default=0, metadata={"ge": 0, "le": 256, "help": "layers, width 64*depth (0 = from --model)"})
+    n_layer: int = field(default=0, metadata={"ge": 0, "le": 1024,
+        "help": "override the number of layers (0 = preset)"})
+    n_embd: int = field(default=0, metadata={"ge": 0, "le": 65536, "help": "override the width (0 = preset)"})
+    n_head: int = field(default=0, metadata={"ge": 0, "le": 1024,
+        "help": "override the query heads (0 = preset: width/64)"})
+    n_kv_head: int = field(default=0, metadata={"ge": 0, "le": 1024, "help": "key/value heads (0 = n_head)"})
     tie_embeddings: bool = field(default=False, metadata={"help": "share input embedding and output layer"})
-    seq_len: int = field(default=256, metadata={"help": "training context length in tokens"})
+    seq_len: int = field(default=256, metadata={"ge": 1, "le": 1048576, "help": "training context length in tokens"})
     # ---- batch
-    batch_size: int = field(default=16, metadata={"help": "micro-batch per process, in sequences"})
-    total_batch_tokens: int = field(default=0, metadata={
+    batch_size: int = field(default=16, metadata={"ge": 1, "help": "micro-batch per process, in sequences"})
+    total_batch_tokens: int = field(default=0, metadata={"ge": 0,
         "help": "tokens per optimizer step over all processes; gradient accumulation fills it "
                 "(0 = batch-size * seq-len * processes, no accumulation)"})
     # ---- optimization
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
+    lr: float = field(default=3e-3, metadata={"gt": 0, "le": 10, "help": "peak learning rate"})
     schedule: str = field(default="auto", metadata={
         "help": "LR schedule after warmup (auto = wsd under --time-budget, else cosine)",
         "choices": list(SCHEDULE_CHOICES)})
-    warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps (0 = none)"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "final LR as a fraction of the peak"})
-    decay_frac: float = field(default=0.2, metadata={"help": "wsd: fraction of steps in the final linear decay"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices"})
-    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0 = off)"})
-    max_steps: int = field(default=1000, metadata={"help": "optimizer steps (the schedule's length)"})
-    time_budget: float = field(default=0.0, metadata={
+    warmup_steps: int = field(default=50, metadata={"ge": 0, "help": "linear warmup steps (0 = none)"})
+    min_lr_ratio: float = field(default=0.1, metadata={"ge": 0, "le": 1, "help": "final LR as a fraction of the peak"})
+    decay_frac: float = field(default=0.2, metadata={"gt": 0, "le": 1,
+        "help": "wsd: fraction of steps in the final linear decay"})
+    weight_decay: float = field(default=0.1, metadata={"ge": 0, "help": "AdamW weight decay on matrices"})
+    beta1: float = field(default=0.9, metadata={"ge": 0, "lt": 1, "help": "AdamW beta1"})
+    beta2: float = field(default=0.95, metadata={"ge": 0, "lt": 1, "help": "AdamW beta2"})
+    grad_clip: float = field(default=1.0, metadata={"ge": 0, "help": "clip the gradient norm to this (0 = off)"})
+    max_steps: int = field(default=1000, metadata={"ge": 1, "help": "optimizer steps (the schedule's length)"})
+    time_budget: float = field(default=0.0, metadata={"ge": 0,
         "help": "minutes of wall time; the planned steps are re-fitted to the measured speed at each log step until "
                 "the LR decay starts, then frozen so the decay completes (0 = no limit; max-steps stays a cap)"})
     # ---- evaluation and logging
-    eval_every: int = field(default=100, metadata={"help": "evaluate every N steps and at the end (0 = end only)"})
-    eval_tokens: int = field(default=131072, metadata={"help": "validation tokens per evaluation (0 = all)"})
-    log_every: int = field(default=10, metadata={"help": "write a metrics line every N steps"})
+    eval_every: int = field(default=100, metadata={"ge": 0,
+        "help": "evaluate every N steps and at the end (0 = end only)"})
+    eval_tokens: int = field(default=131072, metadata={"ge": 0, "help": "validation tokens per evaluation (0 = all)"})
+    log_every: int = field(default=10, metadata={"ge": 1, "help": "write a metrics line every N steps"})
     sample_prompts: list[str] = field(default_factory=lambda: ["", "def "], metadata={
         "help": "prompts sampled at each evaluation (after <|bos|>)"})
-    sample_tokens: int = field(default=48, metadata={"help": "tokens per sampled completion (0 = no samples)"})
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end/on stop)"})
-    keep_last: int = field(default=2, metadata={"help": "keep this many newest checkpoints (0 = all)"})
+    sample_tokens: int = field(default=48, metadata={"ge": 0, "help": "tokens per sampled completion (0 = no samples)"})
+    save_every: int = field(default=0, metadata={"ge": 0,
+        "help": "checkpoint every N steps (0 = only at the end/on stop)"})
+    keep_last: int = field(default=2, metadata={"ge": 0, "help": "keep this many newest checkpoints (0 = all)"})
     # ---- system
     device: str = field(default="auto", metadata={"help": "auto (CUDA, then MPS, then CPU), cpu, cuda, mps"})
     dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto, bf16, fp16 or fp32 (no autocast)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (~20 s warm-up on CPU)"})
     parallel: str = field(default="ddp", metadata={"help": "multi-process mode under torchrun",
                                                    "choices": ["ddp", "fsdp"]})
-    seed: int = field(default=1337, metadata={"help": "seed of the initial weights and the data order"})
-    num_threads: int = field(default=0, metadata={"help": "CPU threads per process (0 = cores / local processes)"})
-    peak_tflops: float = field(default=0.0, metadata={
+    seed: int = field(default=1337, metadata={"ge": 0, "help": "seed of the initial weights and the data order"})
+    num_threads: int = field(default=0, metadata={"ge": 0,
+        "help": "CPU threads per process (0 = cores / local processes)"})
+    peak_tflops: float = field(default=0.0, metadata={"ge": 0,
         "help": "device peak TFLOP/s for MFU (0 = table: cpu fp32 0.44, cpu bf16 3.5, H100 989, A100 312)"})
-    preflight_steps: int = field(default=3, metadata={"help": "dry steps timed by preflight (0 = skip timing)"})
+    preflight_steps: int = field(default=3, metadata={"ge": 0,
+        "help": "dry steps timed by preflight (0 = skip timing)"})
     preflight_only: bool = field(default=False, metadata={"help": "stop after the preflight report"})
 
 
@@ -107,10 +115,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
+    """What the fields' ranges cannot say alone (a library call skips the command line's checks, so repeat them)."""
     if not cfg.run:
         raise UsageError("--run is required (the run directory holding data/ and tokenizer/)")
-    for name in ("seq_len", "batch_size", "max_steps", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0 or cfg.time_budget < 0 or not 0 <= cfg.min_lr_ratio <= 1 or not 0 < cfg.decay_frac <= 1:
-        raise UsageError("--lr must be > 0, --time-budget >= 0, --min-lr-ratio in [0, 1], --decay-frac in (0, 1]")
+    check_ranges(cfg)
