@@ -132,7 +132,7 @@ def test_page_streams_a_reply_and_resets(server, browser_page, tmp_path):
 
 def test_page_asks_for_the_key_when_required(app, browser_page):
     page, _ = browser_page
-    served = dataclasses.replace(app.state.served, api_key="page-key")
+    served = dataclasses.replace(app.state.served, api_key="page-key", open=set())
     with live_server(create_app(served)) as url:
         page.goto(url + "/")
         page.wait_for_selector("#api-key-field:not([hidden])")
