@@ -1,9 +1,10 @@
 """Request and response bodies of the OpenAI-compatible API (pydantic), and OpenAI's error format.
 
 Types are strict, as OpenAI's API is: ``max_tokens: true`` or ``"stream": "yes"`` is a 400, not 1 or True (an
-integer is still a number for the float fields). Only the fields scalelab acts on are declared; other OpenAI fields a client may send (``user``, ``logit_bias``...)
-are accepted and ignored, as most OpenAI-compatible servers do. Two extensions borrowed from vLLM: ``top_k`` and
-``ignore_eos`` (generate exactly ``max_tokens`` tokens; the benchmark uses it).
+integer is still a number for the float fields). Only the fields scalelab acts on are declared; other OpenAI fields a
+client may send (``user``, ``logit_bias``...) are accepted and ignored, as most OpenAI-compatible servers do. Two
+extensions borrowed from vLLM: ``top_k`` and ``ignore_eos`` (generate exactly ``max_tokens`` tokens; the benchmark
+uses it).
 
     from scalelab.serve.schemas import ChatCompletionRequest
     req = ChatCompletionRequest.model_validate({"model": "demo", "messages": [{"role": "user", "content": "hi"}]})
