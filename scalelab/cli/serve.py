@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.host not in LOOPBACK_HOSTS and not served.api_key:
         print(f"warning: listening on {cfg.host} without an API key: anyone who can reach this port can use the "
               "model (set --api-key or SCALELAB_API_KEY)", flush=True)
+    if cfg.host in ("0.0.0.0", "::") and not cfg.allowed_host:
+        print("note: answering requests addressed to localhost or an IP address only; add --allowed-host NAME for "
+              "each host name clients use (a guard against DNS rebinding)", flush=True)
 
     def announce(url: str) -> None:
         print(f"serving '{served.model_id}' (context {served.context_length} tokens) on {url}  "

@@ -1,16 +1,17 @@
 """The OpenAI-compatible HTTP API and the web chat page (FastAPI), on top of the batching engine.
 
     scalelab serve --run runs/demo                      # http://127.0.0.1:8000 : chat page; /v1/... : the API
-    SCALELAB_API_KEY=secret scalelab serve --run runs/demo --host 0.0.0.0
+    SCALELAB_API_KEY=secret scalelab serve --run runs/demo --host 0.0.0.0 --allowed-host box.lan
 
 Routes: ``GET /`` (chat page), ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
-``POST /v1/completions`` (both streamed as server-sent events with ``stream: true``). Every 4xx, FastAPI's
-validation errors and 404s included, is answered in OpenAI's format ``{"error": {"message", "type", "param",
-"code"}}``. Concurrent requests are batched by ``lm.inference.engine.Engine``; a full queue answers 429; a client
-that disconnects cancels its generation.
+``POST /v1/completions`` (both streamed as server-sent events with ``stream: true``). The served model answers to its
+id (the run's name) and to "scalelab". Every 4xx, FastAPI's validation errors and 404s included, is answered in
+OpenAI's format ``{"error": {"message", "type", "param", "code"}}``. Before any route, ``serve.guard`` checks the Host
+header, the API key and the body size. Concurrent requests are batched by ``lm.inference.engine.Engine``; a full queue
+answers 429; a device out of memory fails that request with 503; a client that disconnects cancels its generation.
 
-In Python: ``app = build_app(ServeConfig(run="runs/demo"))`` then ``uvicorn.run(app, ...)``; tests wrap an engine of
-their own with ``create_app``.
+In Python: ``app = build_app(ServeConfig(run="runs/demo"))`` then ``serve.server.ServeServer(app, cfg).run()``; tests
+wrap an engine of their own with ``create_app``.
 """
 
 from __future__ import annotations
