@@ -59,13 +59,16 @@ def free_socket() -> socket.socket:
 
 
 @contextlib.contextmanager
-def live_server(app, timeout: float = 20.0) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread on a free loopback port; yields "http://127.0.0.1:PORT"."""
-    import uvicorn
+def live_server(app, timeout: float = 20.0, **settings) -> Iterator[str]:
+    """Run ``app`` as `scalelab serve` runs it (``ServeServer``: read timeouts, drain on shutdown) in a thread on a
+    free loopback port; ``settings`` are ServeConfig fields (``header_timeout=0.5``...). Yields "http://127.0.0.1:PORT"."""
+    from scalelab.serve.config import ServeConfig
+    from scalelab.serve.server import ServeServer
 
     sock = free_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+    server = ServeServer(app, ServeConfig(run="-", port=port, **{"shutdown_grace": 2.0, **settings}),
+                         log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

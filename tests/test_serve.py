@@ -203,7 +203,7 @@ def test_other_4xx_are_openai_errors(server, method, path):
 
 
 def test_api_key_required_when_set(app):
-    served = dataclasses.replace(app.state.served, api_key="s3cret")
+    served = dataclasses.replace(app.state.served, api_key="s3cret", open=set())
     with live_server(create_app(served)) as url:
         with pytest.raises(openai.AuthenticationError) as err:
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
@@ -220,7 +220,8 @@ def test_api_key_required_when_set(app):
 def test_cors_only_when_asked(app, server):
     pre = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in httpx.options(server + "/v1/chat/completions", headers=pre).headers
-    with live_server(create_app(app.state.served, cors_origins=["http://localhost:3000"])) as url:
+    served = dataclasses.replace(app.state.served, open=set())  # a copy: this server's shutdown must not close ours
+    with live_server(create_app(served, cors_origins=["http://localhost:3000"])) as url:
         r = httpx.options(url + "/v1/chat/completions", headers={**pre, "Origin": "http://localhost:3000"})
         assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
 

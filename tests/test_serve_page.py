@@ -132,7 +132,7 @@ def test_page_streams_a_reply_and_resets(server, browser_page, tmp_path):
 
 def test_page_asks_for_the_key_when_required(app, browser_page):
     page, _ = browser_page
-    served = dataclasses.replace(app.state.served, api_key="page-key")
+    served = dataclasses.replace(app.state.served, api_key="page-key", open=set())
     with live_server(create_app(served)) as url:
         page.goto(url + "/")
         page.wait_for_selector("#api-key-field:not([hidden])")
@@ -163,3 +163,22 @@ def test_page_fits_max_tokens_into_the_context(tmp_path, browser_page):
         page.wait_for_selector(".msg.assistant:not(.streaming)", timeout=60_000)  # finished, well or not
         assert page.locator(".msg.error").count() == 0, page.inner_text(".msg.assistant .bubble")
         assert "tokens" in page.inner_text(".msg.assistant .meta")
+
+
+def test_page_default_max_tokens_fits_without_a_refusal(tmp_path, browser_page):
+    """The demo model's case (max tokens 256 = its context): the page's default comes from the server's context, so
+    the first message is never refused with a 400 and sent again."""
+    run = make_chat_run(tmp_path / "short", max_seq_len=64)
+    app = build_app(ServeConfig(run=str(run), max_tokens_limit=64, device="cpu", dtype="fp32"))
+    page, _ = browser_page
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if "/v1/" in r.url else None)
+    with live_server(app) as url:
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('64 ctx')")
+        assert page.input_value("#max-tokens") == "32"
+        page.fill("#input", "Hello there, who are you?")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".msg.assistant:not(.streaming) .meta", timeout=60_000)
+        assert page.locator(".msg.error").count() == 0
+    assert statuses == [200], statuses

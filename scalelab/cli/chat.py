@@ -54,13 +54,13 @@ class ChatSession:
     """The conversation state: system prompt, history, and streaming one reply at a time."""
 
     def __init__(self, model: Any, tokenizer: Any, cfg: ChatConfig) -> None:
-        from scalelab.lm.special_tokens import SPECIAL_TOKENS
+        from scalelab.lm.chat import stop_token_ids
 
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         self.system = cfg.system.strip()
         self.history: list[dict[str, str]] = []
         self.context = model.config.max_seq_len
-        self.stop_ids = [i for i in (tokenizer.token_to_id(t) for t in SPECIAL_TOKENS) if i is not None]
+        self.stop_ids = stop_token_ids(tokenizer)
         self.replies = 0
 
     def reset(self) -> None:

@@ -54,15 +54,16 @@ def _stage(run: str, stage: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SampleConfig, argv, prog="scalelab sample")
     cfg.check()
+    from scalelab.lm.chat import stop_token_ids
     from scalelab.lm.inference.engine import TextStream, generate
     from scalelab.lm.inference.loading import load_for_inference
-    from scalelab.lm.special_tokens import BOS, SPECIAL_TOKENS
+    from scalelab.lm.special_tokens import BOS
 
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     model, tok, step_dir = load_for_inference(cfg.run, _stage(cfg.run, cfg.stage), cfg.device, cfg.dtype)
-    stop_ids = [i for i in (tok.token_to_id(t) for t in SPECIAL_TOKENS) if i is not None]
+    stop_ids = stop_token_ids(tok)
     prompt = [tok.token_to_id(BOS)] + tok.encode(cfg.prompt, add_special_tokens=False).ids
     context = model.config.max_seq_len
     if len(prompt) >= context:

@@ -94,6 +94,14 @@ def _special_id(tok: Any, token: str) -> int:
     return idx
 
 
+def stop_token_ids(tok: Any) -> list[int]:
+    """The ids generation stops at: every special token the tokenizer has. ``<|end|>`` closes a turn, and any other
+    special token means the model has left the answer (a new document, a new turn), so chat, sample and serve stop
+    on the same set."""
+    tok = _backend(tok)
+    return [i for i in (tok.token_to_id(t) for t in SPECIAL_TOKENS) if i is not None]
+
+
 def render(tok: Any, messages: Messages, where: str = "conversation") -> tuple[list[int], list[int]]:
     """Token ids of a whole conversation and its loss mask (1 on assistant content + its <|end|>, 0 elsewhere)."""
     validate_messages(messages, where, require_assistant=False)

@@ -1,24 +1,23 @@
 """The OpenAI-compatible HTTP API and the web chat page (FastAPI), on top of the batching engine.
 
     scalelab serve --run runs/demo                      # http://127.0.0.1:8000 : chat page; /v1/... : the API
-    SCALELAB_API_KEY=secret scalelab serve --run runs/demo --host 0.0.0.0
+    SCALELAB_API_KEY=secret scalelab serve --run runs/demo --host 0.0.0.0 --allowed-host box.lan
 
 Routes: ``GET /`` (chat page), ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
-``POST /v1/completions`` (both streamed as server-sent events with ``stream: true``). Every 4xx, FastAPI's
-validation errors and 404s included, is answered in OpenAI's format ``{"error": {"message", "type", "param",
-"code"}}``. Concurrent requests are batched by ``lm.inference.engine.Engine``; a full queue answers 429; a client
-that disconnects cancels its generation.
+``POST /v1/completions`` (both streamed as server-sent events with ``stream: true``). The served model answers to its
+id (the run's name) and to "scalelab". Every 4xx, FastAPI's validation errors and 404s included, is answered in
+OpenAI's format ``{"error": {"message", "type", "param", "code"}}``. Before any route, ``serve.guard`` checks the Host
+header, the API key and the body size. Concurrent requests are batched by ``lm.inference.engine.Engine``; a full queue
+answers 429; a device out of memory fails that request with 503; a client that disconnects cancels its generation.
 
-In Python: ``app = build_app(ServeConfig(run="runs/demo"))`` then ``uvicorn.run(app, ...)``; tests wrap an engine of
-their own with ``create_app``.
+In Python: ``app = build_app(ServeConfig(run="runs/demo"))`` then ``serve.server.ServeServer(app, cfg).run()``; tests
+wrap an engine of their own with ``create_app``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,78 +25,25 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scalelab.common import UsageError
-from scalelab.lm.inference.loading import DTYPE_HELP
-from scalelab.lm.special_tokens import BOS, END
+from scalelab.lm.chat import stop_token_ids
+from scalelab.lm.special_tokens import BOS
 from scalelab.serve import schemas
+from scalelab.serve.config import API_KEY_ENV, LOOPBACK_HOSTS, SERVED_ALIAS, ServeConfig
+from scalelab.serve.guard import Guard, error_response
 from scalelab.serve.schemas import APIError, ChatCompletionRequest, CompletionRequest
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-API_KEY_ENV = "SCALELAB_API_KEY"
-
-
-@dataclass
-class ServeConfig:
-    """Serve a run's model over an OpenAI-compatible HTTP API, with a web chat page at /."""
-
-    run: str = field(default="", metadata={"help": "run folder holding tokenizer/ and the checkpoint (required)"})
-    stage: str = field(default="chat", metadata={"help": "checkpoint stage to serve (chat, base, or a step folder)"})
-    host: str = field(default="127.0.0.1", metadata={"help": "address to bind; 0.0.0.0 exposes the server to the "
-                                                             "network (set an API key then)"})
-    port: int = field(default=8000, metadata={"help": "TCP port; 0 = any free port"})
-    api_key: str = field(default="", metadata={"help": f"require 'Authorization: Bearer KEY' on /v1 routes; "
-                                                       f"empty = the {API_KEY_ENV} variable, or no key"})
-    model_name: str = field(default="", metadata={"help": "model id shown by /v1/models; empty = the run's name"})
-    max_tokens_limit: int = field(default=512, metadata={"help": "largest max_tokens a request may ask for (tokens)"})
-    max_batch: int = field(default=16, metadata={"help": "sequences decoded together in one batch"})
-    max_queue: int = field(default=64, metadata={"help": "requests waiting for a batch slot; more answer 429"})
-    stream_interval: str = field(default="auto", metadata={
-        "help": "tokens per streamed event after the first: auto = the streams decoding (every token for one "
-                "stream, 8 at 8: about one event per decode step at any load, so the HTTP work stays small on a busy "
-                "CPU server), but text held back 20 ms at most; 1 = every token; K = every K tokens"})
-    max_request_bytes: int = field(default=1_000_000, metadata={"help": "largest request body (bytes); more is 413"})
-    cors_origin: list[str] = field(default_factory=list, metadata={
-        "help": "origins allowed to call the API from a browser (e.g. http://localhost:3000); none = no CORS"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
-    log_level: str = field(default="info", metadata={"help": "uvicorn log level (warning hides request lines)"})
-
-    def engine_stream_interval(self) -> int | str:
-        """``stream_interval`` as the engine takes it: "auto" or an integer >= 1 (else a UsageError)."""
-        value = str(self.stream_interval).strip().lower()
-        if value == "auto":
-            return value
-        if not value.isdigit() or int(value) < 1:
-            raise UsageError("--stream-interval must be 'auto' or an integer of at least 1, "
-                             f"got {self.stream_interval!r}")
-        return int(value)
-
-    def resolved_api_key(self) -> str:
-        return self.api_key or os.environ.get(API_KEY_ENV, "")
-
-    def check(self) -> None:
-        if not self.run:
-            raise UsageError("--run is required (a run folder with tokenizer/ and a checkpoint)")
-        for name in ("max_tokens_limit", "max_batch", "max_queue", "max_request_bytes"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        self.engine_stream_interval()
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"--port must be in 0..65535, got {self.port}")
 
 
 # ----------------------------------------------------------------------------------------------- errors
-
-def _error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
 
 def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     """One line from pydantic's error list, and the OpenAI ``param`` (dotted path inside the body)."""
@@ -116,61 +62,61 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(list(exc.errors()))
-        return _error_response(APIError(400, message, param=param))
+        return error_response(APIError(400, message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            message = f"unknown route {request.method} {request.url.path} (see GET /v1/models, POST /v1/chat/" \
-                      "completions, POST /v1/completions)"
+            message = f"unknown route {request.method} {request.url.path} (the API: {api_routes(request.app)})"
         else:
             message = str(exc.detail)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _error_response(APIError(exc.status_code, message, type_, headers=getattr(exc, "headers", None)))
+        return error_response(APIError(exc.status_code, message, type_, headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(Exception)
     async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-        return _error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"))
+        return error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"))
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` is answered 413 before anything parses it."""
+def api_routes(app: FastAPI) -> str:
+    """The API's routes as 'GET /v1/models, POST /v1/completions, ...', read from the app itself."""
+    return ", ".join(f"{method} {route.path}" for route in app.routes if isinstance(route, APIRoute)
+                     and route.path.startswith("/v1") for method in sorted(route.methods or ()))
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        too_big = APIError(413, f"request body exceeds the server limit of {self.max_bytes} bytes "
-                                "(--max-request-bytes)", code="request_too_large")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _error_response(too_big)(scope, receive, send)
-        seen = 0
+def out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it came from, is the device running out of memory (torch's error, or a
+    RuntimeError saying so, as older torch and other backends raise)."""
+    import torch
 
-        async def counted() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # chunked upload without a Content-Length
-                    raise too_big
-            return message
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, BaseExceptionGroup):  # raised through a task group
+            return any(out_of_memory(e) for e in exc.exceptions)
+        if isinstance(exc, (oom, MemoryError)) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
-        await self.app(scope, counted, send)
+
+OOM_MESSAGE = ("the device ran out of memory while generating this answer: retry, or ask for fewer max_tokens "
+               "(the server goes on serving)")
+SHUTDOWN_MESSAGE = "the server is shutting down: this answer was cut short"
 
 
 # ----------------------------------------------------------------------------------------------- the server state
 
 @dataclass
 class Served:
-    """What the routes need: the engine, the tokenizer, the model id and the limits."""
+    """What the routes need: the engine, the tokenizer, the model id, the limits and the guards' settings, and the
+    answers being generated (so that a shutdown can end each one cleanly)."""
 
     engine: Any
     tokenizer: Any
@@ -178,7 +124,12 @@ class Served:
     context_length: int
     max_tokens_limit: int
     api_key: str = ""
+    protect_all: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)
     created: int = field(default_factory=lambda: int(time.time()))
+    open: set = field(default_factory=set)  # engine requests being answered
+    closing: bool = False  # shutting down: no new answers
+    ended: bool = False  # the answers still open were cut short by the shutdown
 
     def token_id(self, token: str) -> int:
         idx = self.tokenizer.token_to_id(token)
@@ -190,32 +141,22 @@ class Served:
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "scalelab",
                 "context_length": self.context_length, "max_tokens_limit": self.max_tokens_limit}
 
+    def end_all(self) -> None:
+        """Cut every open answer short: streams end with an error event and [DONE], whole answers with 503."""
+        self.closing = self.ended = True
+        for req in list(self.open):
+            req.cancel()
 
-def _served(request: Request) -> Served:
-    return request.app.state.served
-
-
-async def require_api_key(request: Request) -> None:
-    """Bearer-token check on the /v1 routes (a no-op when the server has no key). ``async``: FastAPI runs a plain
-    ``def`` dependency in a worker thread, a thread hop per request for a check that never blocks."""
-    key = _served(request).api_key
-    if not key:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise APIError(401, "missing API key: send 'Authorization: Bearer YOUR_KEY' (the server was started with "
-                            "--api-key)", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(token.strip().encode(), key.encode()):
-        raise APIError(401, "incorrect API key provided", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
+    def cut_short(self, req: Any) -> bool:
+        return self.ended and getattr(req, "finish_reason", "cancelled") == "cancelled"
 
 
 # ----------------------------------------------------------------------------------------------- generation
 
 def _check_model(served: Served, model: str | None) -> None:
-    if model is not None and model != served.model_id:
-        raise APIError(404, f"the model '{model}' does not exist; this server serves '{served.model_id}'",
+    if model is not None and model not in (served.model_id, SERVED_ALIAS):
+        raise APIError(404, f"the model '{model}' does not exist; this server serves '{served.model_id}' (also "
+                            f"called '{SERVED_ALIAS}')",
                        param="model", code="model_not_found")
 
 
@@ -243,8 +184,10 @@ def _limit_tokens(served: Served, body: schemas._Request, n_prompt: int, prompt_
 def _submit(served: Served, body: schemas._Request, prompt_ids: list[int], prompt_param: str) -> Any:
     from scalelab.lm.inference.engine import QueueFull
 
+    if served.closing:
+        raise APIError(503, "the server is shutting down", "server_error", code="shutting_down")
     max_tokens = _limit_tokens(served, body, len(prompt_ids), prompt_param)
-    stop_ids = [] if body.ignore_eos else [served.token_id(END)]
+    stop_ids = [] if body.ignore_eos else stop_token_ids(served.tokenizer)
     try:
         return served.engine.submit(prompt_ids, max_tokens=max_tokens, temperature=body.temperature,
                                     top_p=body.top_p, top_k=body.top_k, seed=body.seed, stop_ids=stop_ids,
@@ -252,12 +195,21 @@ def _submit(served: Served, body: schemas._Request, prompt_ids: list[int], promp
     except QueueFull:
         raise APIError(429, "the server is busy (its request queue is full): retry in a moment",
                        "rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
-    except RuntimeError as e:  # the engine is closed: the server is shutting down
-        raise APIError(503, f"the server is shutting down ({e})", "server_error", code="shutting_down") from None
     except ValueError as e:  # the engine's own checks (prompt length, token ids, sampling values)
         context = "context length" in str(e)
         raise APIError(400, str(e), param=prompt_param if context else None,
                        code="context_length_exceeded" if context else None) from None
+    except Exception as e:
+        if out_of_memory(e):
+            raise oom_error() from None
+        if isinstance(e, RuntimeError):  # the engine is closed: the server is shutting down
+            raise APIError(503, f"the server is shutting down ({e})", "server_error", code="shutting_down") \
+                from None
+        raise
+
+
+def oom_error() -> APIError:
+    return APIError(503, OOM_MESSAGE, "server_error", code="out_of_memory", headers={"Retry-After": "1"})
 
 
 async def _deltas(req: Any) -> AsyncIterator[str]:
@@ -270,8 +222,9 @@ async def _deltas(req: Any) -> AsyncIterator[str]:
         req.cancel()
 
 
-async def _collect(request: Request, req: Any) -> str:
-    """The whole text of a non-streamed answer; a client that disconnects meanwhile cancels the generation."""
+async def _collect(served: Served, request: Request, req: Any) -> str:
+    """The whole text of a non-streamed answer; a client that disconnects meanwhile cancels the generation. Out of
+    memory, or cut short by a shutdown: 503."""
     parts: list[str] = []
 
     async def read() -> None:
@@ -284,10 +237,20 @@ async def _collect(request: Request, req: Any) -> str:
         req.cancel()
         scope.cancel()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch, tg.cancel_scope)
-        await read()
-        tg.cancel_scope.cancel()
+    served.open.add(req)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            await read()
+            tg.cancel_scope.cancel()
+    except Exception as e:
+        if out_of_memory(e):
+            raise oom_error() from None
+        raise
+    finally:
+        served.open.discard(req)
+    if served.cut_short(req):
+        raise APIError(503, SHUTDOWN_MESSAGE, "server_error", code="shutting_down")
     return "".join(parts)
 
 
@@ -301,27 +264,35 @@ def _finish(req: Any) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-async def _stream(req: Any, first: Callable[[], dict | None],
+async def _stream(served: Served, req: Any, first: Callable[[], dict | None],
                   piece: Callable[[str], dict], last: Callable[[str], dict], usage: Callable[[], dict] | None,
                   ) -> AsyncIterator[str]:
-    """Server-sent events: optional opening chunk, one chunk per delta, the finishing chunk, usage, [DONE].
+    """Server-sent events: optional opening chunk, one chunk per delta, the finishing chunk, usage, [DONE]; an answer
+    cut short by a shutdown, or failed, ends with an error event then [DONE].
 
     Each yield is a socket write (a syscall, and a wake-up of the client), so the opening chunk goes out with the
     first delta and the finishing chunk, usage and [DONE] go out together: 3 writes fewer per answer, events
     unchanged.
     """
     head = ""
+    served.open.add(req)
     try:
         opening = first()
         head = _sse(opening) if opening is not None else ""
         async for delta in _deltas(req):
             yield head + _sse(piece(delta))
             head = ""
-        tail = head + _sse(last(_finish(req))) + (_sse(usage()) if usage is not None else "")
+        if served.cut_short(req):
+            tail = head + _sse(schemas.error_body(SHUTDOWN_MESSAGE, "server_error", code="shutting_down"))
+        else:
+            tail = head + _sse(last(_finish(req))) + (_sse(usage()) if usage is not None else "")
     except Exception as e:  # the status line is already sent: report in-band, as OpenAI does
-        tail = head + _sse(schemas.error_body(f"generation failed: {type(e).__name__}: {e}", "server_error"))
+        error = (schemas.error_body(OOM_MESSAGE, "server_error", code="out_of_memory") if out_of_memory(e) else
+                 schemas.error_body(f"generation failed: {type(e).__name__}: {e}", "server_error"))
+        tail = head + _sse(error)
     finally:
         req.cancel()
+        served.open.discard(req)
     yield tail + "data: [DONE]\n\n"
 
 
@@ -347,14 +318,12 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
     app = FastAPI(title="scalelab", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.served = served
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
+    app.add_middleware(Guard, served=served, max_bytes=max_request_bytes)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    auth = [Depends(require_api_key)]
-
     @app.get("/", include_in_schema=False)
     async def index() -> Response:
         return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
@@ -368,16 +337,16 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
                 "context_length": served.context_length, "max_tokens_limit": served.max_tokens_limit,
                 "engine": stats() if callable(stats) else None}
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [served.model_card()]}
 
-    @app.get("/v1/models/{model_id}", dependencies=auth)
+    @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str) -> dict[str, Any]:
         _check_model(served, model_id)
         return served.model_card()
 
-    @app.post("/v1/chat/completions", dependencies=auth)
+    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         from scalelab.lm.chat import render_prompt
 
@@ -394,17 +363,17 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
         if body.stream:
             wu = body.include_usage
             return StreamingResponse(_stream(
-                req,
+                served, req,
                 lambda: schemas.chat_chunk(id_, model, created, {"role": "assistant", "content": ""}, None, wu),
                 lambda d: schemas.chat_chunk(id_, model, created, {"content": d}, None, wu),
                 lambda fr: schemas.chat_chunk(id_, model, created, {}, fr, wu),
                 (lambda: schemas.usage_chunk(id_, model, created, "chat.completion.chunk",
                                              *_counts(req, len(prompt_ids)))) if wu else None,
             ), media_type="text/event-stream", headers=SSE_HEADERS)
-        text = await _collect(request, req)
+        text = await _collect(served, request, req)
         return JSONResponse(schemas.chat_completion(id_, model, text, _finish(req), *_counts(req, len(prompt_ids))))
 
-    @app.post("/v1/completions", dependencies=auth)
+    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         _check_model(served, body.model)
         prompt = str(body.prompt)
@@ -415,14 +384,14 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
         if body.stream:
             wu = body.include_usage
             return StreamingResponse(_stream(
-                req,
+                served, req,
                 (lambda: schemas.completion_chunk(id_, model, created, echo, None, wu)) if echo else (lambda: None),
                 lambda d: schemas.completion_chunk(id_, model, created, d, None, wu),
                 lambda fr: schemas.completion_chunk(id_, model, created, "", fr, wu),
                 (lambda: schemas.usage_chunk(id_, model, created, "text_completion",
                                              *_counts(req, len(prompt_ids)))) if wu else None,
             ), media_type="text/event-stream", headers=SSE_HEADERS)
-        text = await _collect(request, req)
+        text = await _collect(served, request, req)
         return JSONResponse(schemas.completion(id_, model, echo + text, _finish(req), *_counts(req, len(prompt_ids))))
 
     return app
@@ -452,9 +421,10 @@ def build_app(cfg: ServeConfig) -> FastAPI:
                     stream_interval=cfg.engine_stream_interval())
     served = Served(engine=engine, tokenizer=tokenizer, model_id=cfg.model_name or run.resolve().name,
                     context_length=engine.context_length, max_tokens_limit=cfg.max_tokens_limit,
-                    api_key=cfg.resolved_api_key())
+                    api_key=cfg.resolved_api_key(), protect_all=cfg.protect_all,
+                    allowed_hosts=cfg.allowed_hosts())
     return create_app(served, cors_origins=cfg.cors_origin, max_request_bytes=cfg.max_request_bytes,
                       on_shutdown=engine.close)
 
 
-__all__ = ["ServeConfig", "Served", "build_app", "create_app", "require_api_key"]
+__all__ = ["API_KEY_ENV", "LOOPBACK_HOSTS", "ServeConfig", "Served", "build_app", "create_app"]

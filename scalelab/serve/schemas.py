@@ -1,8 +1,10 @@
 """Request and response bodies of the OpenAI-compatible API (pydantic), and OpenAI's error format.
 
-Only the fields scalelab acts on are declared; other OpenAI fields a client may send (``user``, ``logit_bias``...)
-are accepted and ignored, as most OpenAI-compatible servers do. Two extensions borrowed from vLLM: ``top_k`` and
-``ignore_eos`` (generate exactly ``max_tokens`` tokens; the benchmark uses it).
+Types are strict, as OpenAI's API is: ``max_tokens: true`` or ``"stream": "yes"`` is a 400, not 1 or True (an
+integer is still a number for the float fields). Only the fields scalelab acts on are declared; other OpenAI fields a
+client may send (``user``, ``logit_bias``...) are accepted and ignored, as most OpenAI-compatible servers do. Two
+extensions borrowed from vLLM: ``top_k`` and ``ignore_eos`` (generate exactly ``max_tokens`` tokens; the benchmark
+uses it).
 
     from scalelab.serve.schemas import ChatCompletionRequest
     req = ChatCompletionRequest.model_validate({"model": "demo", "messages": [{"role": "user", "content": "hi"}]})
@@ -40,7 +42,7 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 # ----------------------------------------------------------------------------------------------- requests
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = Field(None, description="model id from GET /v1/models; omitted = the served model")
     max_tokens: int | None = Field(None, ge=1, description="tokens to generate at most; omitted = the server limit")
@@ -79,12 +81,12 @@ class _Request(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     include_usage: bool = False
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "user", "assistant"]
     content: str | list[ContentPart]
 
@@ -96,7 +98,7 @@ class ChatMessage(BaseModel):
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     type: Literal["text"]
     text: str
 

@@ -14,8 +14,10 @@ rows at different lengths need no mask and a prompt's tokens are causal; the sam
 softmax + cumsum + searchsorted. bench_generate measures the gain against torch's paths.
 
 The C file is compiled with the system C compiler (``$CC``, else ``cc`` or ``gcc``; ``-O3 -march=native
--fopenmp``) into ``$SCALELAB_KERNEL_CACHE`` (default ``~/.cache/scalelab/kernels``; the temp dir when home cannot
-be written), under a name keyed by the source, the compiler and the CPU, so it builds once per machine.
+-fopenmp``) into ``$SCALELAB_KERNEL_CACHE`` (default ``~/.cache/scalelab/kernels``, created 0700), under a name keyed
+by the source, the compiler and the CPU, so it builds once per machine. The library is loaded into the process, so
+the cache is used only when this user owns it and nobody else can write to it (folder and file); otherwise, as when
+home cannot be written, it is built in a fresh private temp folder, removed once loaded.
 ``SCALELAB_KERNEL_ARCH`` replaces ``native`` (``x86-64-v3``: AVX2 vectors; ``x86-64``: SSE2; the tests build those
 too). Without a compiler, or with ``SCALELAB_CPU_KERNELS=0``, ``available()`` is False and callers keep torch's paths;
 ``why_unavailable()`` says why. Tests: tests/test_cpu_kernels.py (against torch matmul, SDPA and softmax draws).
@@ -28,6 +30,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -58,19 +61,27 @@ def _compiler() -> str | None:
     return cc if cc and shutil.which(cc) else shutil.which("cc") or shutil.which("gcc")
 
 
-def _cache_dir() -> Path:
-    """``$SCALELAB_KERNEL_CACHE``, else ~/.cache/scalelab/kernels, else (home not writable) one under the temp dir."""
+def private(path: Path) -> bool:
+    """Whether ``path`` (a folder or file, not a link) is owned by this user and writable by nobody else, so no
+    other local user can have planted or can swap what it holds."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    uid = os.getuid() if hasattr(os, "getuid") else st.st_uid
+    return not stat.S_ISLNK(st.st_mode) and st.st_uid == uid and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def cache_dir() -> Path | None:
+    """``$SCALELAB_KERNEL_CACHE``, else ~/.cache/scalelab/kernels (created 0700), when private and writable; else
+    None (then the build goes to a fresh private temp folder)."""
     chosen = os.environ.get("SCALELAB_KERNEL_CACHE")
-    for path in ([Path(chosen)] if chosen else
-                 [Path.home() / ".cache" / "scalelab" / "kernels",
-                  Path(tempfile.gettempdir()) / f"scalelab-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"]):
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            if os.access(path, os.W_OK):
-                return path
-        except OSError:
-            continue
-    return path
+    path = Path(chosen) if chosen else Path.home() / ".cache" / "scalelab" / "kernels"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if private(path) and os.access(path, os.W_OK) else None
 
 
 def _build() -> tuple[ctypes.CDLL | None, str]:
@@ -86,8 +97,22 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"{cc} --version failed: {e}"
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *flags, _cpu_identity()]).encode())
-    cache = _cache_dir()
-    lib_path = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    name = f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    cache = cache_dir()
+    if cache is None or (os.path.lexists(cache / name) and not private(cache / name)):
+        cache = Path(tempfile.mkdtemp(prefix="scalelab-kernels-"))  # new, 0700, ours: nothing planted there
+        scratch = cache
+    else:
+        scratch = None
+    try:
+        return _build_into(cc, flags, cache / name)
+    finally:
+        if scratch is not None:  # the loaded library stays mapped; the file is not needed again
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _build_into(cc: str, flags: list[str], lib_path: Path) -> tuple[ctypes.CDLL | None, str]:
+    cache = lib_path.parent
     if not lib_path.exists():
         try:
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)

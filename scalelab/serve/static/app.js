@@ -82,8 +82,13 @@ async function connect() {
       $("api-key-field").hidden = false;
       $("api-key").value = store.getItem("scalelab.key") || "";
     }
-    $("max-tokens").max = health.max_tokens_limit;
-    if (+$("max-tokens").value > health.max_tokens_limit) $("max-tokens").value = health.max_tokens_limit;
+    // The reply length defaults to half the server's context (within its limit): a first message then fits with no
+    // refused request, and a longer conversation still leaves room. A value the user typed is kept.
+    const field = $("max-tokens");
+    field.max = Math.max(1, Math.min(health.max_tokens_limit, health.context_length - 1));
+    if (!field.dataset.edited) {
+      field.value = Math.max(1, Math.min(health.max_tokens_limit, Math.floor(health.context_length / 2)));
+    } else if (+field.value > +field.max) field.value = field.max;
     state.model = health.model;
     $("model").textContent = `${health.model} · ${health.context_length} ctx`;
     $("model").classList.remove("bad");
@@ -220,6 +225,7 @@ window.addEventListener("DOMContentLoaded", () => {
   $("temperature").addEventListener("input", () => { $("temperature-value").textContent = (+$("temperature").value).toFixed(2); });
   $("api-key").addEventListener("change", () => store.setItem("scalelab.key", $("api-key").value.trim()));
   $("reset").addEventListener("click", reset);
+  $("max-tokens").addEventListener("input", () => { $("max-tokens").dataset.edited = "1"; });
   $("input").addEventListener("input", autosize);
   $("input").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("form").requestSubmit(); }
