@@ -98,7 +98,7 @@ def stop_token_ids(tok: Any) -> list[int]:
     """The ids generation stops at: every special token the tokenizer has. ``<|end|>`` closes a turn, and any other
     special token means the model has left the answer (a new document, a new turn), so chat, sample and serve stop
     on the same set."""
-    tok = _backend(tok)
+    tok = backend(tok)
     return [i for i in (tok.token_to_id(t) for t in SPECIAL_TOKENS) if i is not None]
 
 
