@@ -5,6 +5,7 @@ Modules are imported only when their command runs, so `scalelab --help` is insta
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -27,9 +28,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's, through the package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("scalelab")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def usage() -> str:
     width = max(len(k) for k in COMMANDS)
-    lines = ["usage: scalelab <command> [flags]   (scalelab <command> --help for its flags)", "", "commands:"]
+    lines = ["usage: scalelab <command> [flags]   (scalelab <command> --help for its flags; scalelab --version)", "",
+             "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -53,9 +66,14 @@ def _run(argv: list[str] | None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
+    if argv[0] in ("-V", "--version", "version"):
+        print(f"scalelab {version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"scalelab: error: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (scalelab --help lists the commands)"
+        print(f"scalelab: error: unknown command '{name}'{hint}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     try:
@@ -66,6 +84,8 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"\nscalelab {name}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # argparse's --help (0) and its one-line refusals (2)
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
 
 
 if __name__ == "__main__":

@@ -101,7 +101,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        rule = ", ".join(f"{RANGE_WORDS[k]} {f.metadata[k]}" for k in RANGE_WORDS if k in f.metadata)
+        help_text = f"{help_text} (default: {default}{'; ' + rule if rule else ''})" if help_text else \
+            f"default: {default}"
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]

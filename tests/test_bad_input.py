@@ -1,0 +1,121 @@
+"""Every bad value is refused with one line naming the field or file and exit code 2: never a traceback, never a
+run that quietly does something else (the inputs issue 14 found taking either path)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train import make_byte_run, tiny
+
+from scalelab.__main__ import main
+from scalelab.lm.train.loop import train
+
+FAST = ["--depth", "1", "--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--device", "cpu",
+        "--dtype", "fp32", "--preflight-steps", "0", "--sample-tokens", "0", "--eval-tokens", "512"]
+
+
+def refused(argv: list[str], capsys, match: str) -> None:
+    assert main(argv) == 2
+    text = capsys.readouterr().err
+    err = [line.rpartition("\r")[2].split("B/s]")[-1] for line in text.splitlines() if "error:" in line]
+    assert len(err) == 1 and "Traceback" not in text, text  # progress bars aside, one line
+    assert match in err[0], err[0]
+
+
+@pytest.fixture(scope="module")
+def byte_run(tmp_path_factory) -> Path:
+    return make_byte_run(tmp_path_factory.mktemp("bad") / "run", max_bytes=30_000)
+
+
+@pytest.mark.parametrize("flag,value,match", [
+    ("--num-threads", "-1", "--num-threads = -1 is out of range (must be >= 0)"),
+    ("--beta1", "2", "--beta1 = 2.0 is out of range (must be >= 0 and < 1)"),
+    ("--lr", "nan", "--lr must be a finite number, got nan"),
+    ("--lr", "inf", "--lr must be a finite number, got inf"),
+    ("--total-batch-tokens", "-4096", "--total-batch-tokens = -4096 is out of range (must be >= 0)"),
+    ("--save-every", "-1", "--save-every = -1 is out of range"),
+    ("--eval-every", "-1", "--eval-every = -1 is out of range"),
+    ("--keep-last", "-1", "--keep-last = -1 is out of range"),
+    ("--grad-clip", "-1", "--grad-clip = -1.0 is out of range"),
+    ("--warmup-steps", "-10", "--warmup-steps = -10 is out of range"),
+    ("--n-layer", "-1", "--n-layer = -1 is out of range"),
+    ("--max-steps", "0", "--max-steps = 0 is out of range (must be >= 1)"),
+])
+def test_out_of_range_flags_are_refused(byte_run: Path, capsys, flag: str, value: str, match: str) -> None:
+    refused(["pretrain", "--run", str(byte_run), *FAST, flag, value], capsys, match)
+    assert not (byte_run / "base").exists()  # nothing trained, nothing written
+
+
+def test_the_same_range_holds_in_yaml(byte_run: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "c.yaml").write_text("beta2: 1.5\n")
+    refused(["pretrain", "--run", str(byte_run), "--config", str(tmp_path / "c.yaml")], capsys,
+            f"{tmp_path / 'c.yaml'}: field 'beta2' = 1.5 is out of range")
+
+
+def test_a_truncated_gzip_corpus_names_the_file(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "docs.jsonl.gz"
+    data = gzip.compress(b"".join(json.dumps({"text": f"document {i} " * 20}).encode() + b"\n" for i in range(400)))
+    path.write_bytes(data[: len(data) // 2])
+    refused(["tokenizer", "--run", str(tmp_path / "run"), "--corpus", f"{path}#text", "--vocab-size", "300"],
+            capsys, f"{path}: truncated or corrupt gzip file")
+
+
+def test_token_ids_past_the_vocabulary_are_refused(tmp_path: Path, capsys) -> None:
+    run = make_byte_run(tmp_path / "run", max_bytes=30_000)
+    ids = np.fromfile(run / "data" / "train.bin", dtype=np.uint16)
+    ids[100] = 300  # vocab_size is 262
+    ids.tofile(run / "data" / "train.bin")
+    refused(["pretrain", "--run", str(run), *FAST], capsys, "train.bin: token 100 has id 300 but")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = make_byte_run(tmp_path_factory.mktemp("ck") / "run", max_bytes=30_000)
+    train(tiny(run, max_steps=1, seq_len=32))
+    return run
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("n_layer", "two", "field 'n_layer' expects int, got 'two'"),
+    ("vocab_size", 1e9, "model_config says vocab_size 1000000000, n_embd 64 but model.safetensors holds an "
+                        "embedding of shape [262, 64]"),
+])
+def test_a_hand_edited_meta_json_is_refused_before_allocating(trained: Path, tmp_path: Path, capsys, field: str,
+                                                                value, match: str) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    meta_path = run / "base" / "step_0000001" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model_config"][field] = value
+    meta_path.write_text(json.dumps(meta))
+    refused(["sample", "--run", str(run), "--max-tokens", "2", "--device", "cpu"], capsys, match)
+
+
+def test_gguf_export_never_overwrites_another_kind_of_file(trained: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("gguf")
+    (trained / "tokenizer").mkdir(exist_ok=True)
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious")
+    refused(["export", "--run", str(trained), "--format", "gguf", "--out", str(victim)], capsys,
+            "exists and is not a GGUF file; nothing was overwritten")
+    assert victim.read_text() == "precious"
+
+
+def test_flag_prefixes_are_not_accepted_and_typos_get_a_suggestion(byte_run: Path, capsys) -> None:
+    refused(["pretrain", "--run", str(byte_run), "--max-step", "3"], capsys,
+            "unknown flag --max-step (did you mean --max-steps?)")
+    refused(["curves", "--seed", "0"], capsys, "unknown flag --seed (did you mean --seeds?)")
+
+
+def test_version_and_unknown_commands(capsys) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"scalelab {version('scalelab')}"
+    refused(["pretrian"], capsys, "unknown command 'pretrian' (did you mean 'pretrain'?)")
