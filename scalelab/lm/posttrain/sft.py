@@ -19,6 +19,7 @@ micro-step, rank): resume needs only the step, as in pretraining.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,13 +140,15 @@ class SFTSource:
 
     def __init__(self, train_ids: np.ndarray, train_mask: np.ndarray, val_ids: np.ndarray | None,
                  val_mask: np.ndarray | None, batch_size: int, grad_accum: int = 1, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, stats: dict[str, Any] | None = None) -> None:
+                 world_size: int = 1, seed: int = 0, stats: dict[str, Any] | None = None,
+                 fingerprint: dict[str, Any] | None = None) -> None:
         if len(train_ids) == 0:
             raise UsageError("no training rows: every conversation was dropped (too long for --seq-len?)")
         self.ids, self.mask = train_ids, train_mask
         self.val_ids, self.val_mask = val_ids, val_mask
         self.B, self.accum, self.rank, self.world, self.seed = batch_size, grad_accum, rank, world_size, seed
         self.stats = stats or {}
+        self.fingerprint = fingerprint or {}  # saved with each checkpoint: a resume must see the same data
         self._perm: tuple[int, np.ndarray] | None = None
 
     @property
@@ -178,7 +181,7 @@ class SFTSource:
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "sft", "seed": self.seed, "rows": self.num_rows, "seq_len": int(self.ids.shape[1] - 1),
-                "sequences_per_step": self.sequences_per_step}
+                "sequences_per_step": self.sequences_per_step, **self.fingerprint}
 
 
 # ----------------------------------------------------------------------------------------------- config and entry
@@ -258,8 +261,8 @@ def check_data_files(specs: list[str]) -> None:
 def build_source(cfg: SFTConfig, run: RunDir, seq_len: int) -> tuple[SFTSource, dict[str, Any]]:
     """Mixture -> rendered conversations -> packed train/val rows -> the batch source (+ what happened, counted)."""
     from scalelab.lm.chat import render
-    from scalelab.lm.data.tokenizer import load_tokenizer
-    from scalelab.lm.posttrain.tasks.mixture import build_mixture
+    from scalelab.lm.data.tokenizer import load_tokenizer, token_byte_lengths
+    from scalelab.lm.posttrain.tasks.mixture import build_mixture, planned_counts
     from scalelab.lm.special_tokens import PAD
 
     tok = load_tokenizer(run.root)
@@ -269,17 +272,38 @@ def build_source(cfg: SFTConfig, run: RunDir, seq_len: int) -> tuple[SFTSource, 
         raise UsageError("the SFT mixture has fewer than 2 conversations (raise --conversations)")
     n_val = min(cfg.val_conversations, len(convs) // 10)
     train_convs, val_convs = convs[:len(convs) - n_val], convs[len(convs) - n_val:]
-    encoded = [render(tok, m, where=f"conversation {i}") for i, m in
+    # No text past this many characters can reach a row (each token holds at least one byte of at most the
+    # longest token's): clipping first keeps a 10 MB conversation from being tokenized whole only to be cut.
+    max_chars = 2 * (seq_len + 1) * max(1, int(token_byte_lengths(tok).max()))
+    encoded = [render(tok, clip_conversation(m, max_chars), where=f"conversation {i}") for i, m in
                enumerate(progress(train_convs, desc="render", unit="conv", leave=False))]
-    val_encoded = [render(tok, m, where=f"val conversation {i}") for i, m in enumerate(val_convs)]
+    val_encoded = [render(tok, clip_conversation(m, max_chars), where=f"val conversation {i}")
+                   for i, m in enumerate(val_convs)]
     pad_id = tok.token_to_id(PAD)
     ids, mask, stats = pack_rows(encoded, seq_len, pad_id, cfg.pack, cfg.seed, cfg.overlong)
     vids, vmask, vstats = pack_rows(val_encoded, seq_len, pad_id, cfg.pack, cfg.seed, cfg.overlong)
     info = dist_info()
     accum, _ = batch_geometry(cfg.batch_size, seq_len, info.world_size, cfg.total_batch_tokens)
-    source = SFTSource(ids, mask, vids, vmask, cfg.batch_size, accum, info.rank, info.world_size, cfg.seed)
-    report = {"train": stats.as_dict(), "val": vstats.as_dict(), "mixture": to_dict(mixture)}
+    sources = planned_counts(mixture)
+    digest = hashlib.sha256()
+    for arr in (ids, mask, vids, vmask):
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    fingerprint = {"data_sha256": digest.hexdigest()[:16], "sources": sources}
+    source = SFTSource(ids, mask, vids, vmask, cfg.batch_size, accum, info.rank, info.world_size, cfg.seed,
+                       fingerprint=fingerprint)
+    report = {"train": stats.as_dict(), "val": vstats.as_dict(), "mixture": to_dict(mixture), "sources": sources}
     return source, report
+
+
+def clip_conversation(messages: list[dict[str, str]], max_chars: int) -> list[dict[str, str]]:
+    """The conversation with its text cut after ``max_chars`` characters in all (later messages dropped)."""
+    out, left = [], max_chars
+    for msg in messages:
+        if left <= 0:
+            break
+        out.append(msg if len(msg["content"]) <= left else {**msg, "content": msg["content"][:left]})
+        left -= len(msg["content"])
+    return out
 
 
 def sft(cfg: SFTConfig, given: frozenset[str] | None = None) -> dict[str, Any]:
@@ -306,6 +330,9 @@ def sft(cfg: SFTConfig, given: frozenset[str] | None = None) -> dict[str, Any]:
            f"({100 * s['fill']:.0f}% filled, {s['target_tokens']:,} target tokens); "
            f"{s['truncated']} truncated, {s['dropped']} dropped as longer than a row; "
            f"{report['val']['conversations']} held out for validation")
+    for name, count in report["sources"].items():
+        if name.startswith("file:"):
+            print0(f"SFT data: {count:,} conversations drawn from your {name[5:]} (before the validation split)")
     if (run.tokenizer_dir / "tokenizer_config.json").is_file() or run.tokenizer_dir.is_dir():
         from scalelab.lm.chat import has_chat_template, install_chat_template
 

@@ -24,6 +24,8 @@ class TrainConfig:
     stage: str = field(default="base", metadata={"help": "checkpoint stage name: base (pretrain) or chat (SFT)"})
     init_from: str = field(default="", metadata={
         "help": "start from the weights of this stage of the run (or a checkpoint path), fresh optimizer; '' = none"})
+    resume_on_new_data: bool = field(default=False, metadata={
+        "help": "resume even when the training data differ from the checkpoint's (else refused, naming the change)"})
     resume: bool = field(default=False, metadata={
         "help": "require an existing checkpoint to resume (a run with one resumes anyway)"})
     # ---- model

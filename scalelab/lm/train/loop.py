@@ -325,11 +325,25 @@ class Trainer:
         if state.get("tokens_per_step") != self.tokens_per_step:
             raise UsageError(f"{self.found / ckpt.STATE_FILE}: saved tokens_per_step {state.get('tokens_per_step')} "
                              f"!= {self.tokens_per_step} now; keep --total-batch-tokens to resume exactly")
+        self._check_same_data(state.get("loader") or {})
         self.prev_elapsed = float(state.get("elapsed_s", 0.0))
         self.last_eval = state.get("last_eval")
         saved_cfg = self.start.meta.get("train_config") or {}
         if (saved_cfg.get("max_steps"), saved_cfg.get("time_budget")) == (self.cfg.max_steps, self.cfg.time_budget):
             self.saved_total = state.get("total_steps")
+
+    def _check_same_data(self, saved: dict[str, Any]) -> None:
+        """A resume continues on the data it started on: the source's facts (row counts, data digest, mixture
+        shares) must match the checkpoint's, unless --resume-on-new-data says otherwise."""
+        now = self.source.state_dict()
+        changed = [f"{k}: {saved[k]} -> {now[k]}" for k in now if k in saved and k != "sequences_per_step"
+                   and saved[k] != now[k]]
+        if not changed:
+            return
+        if not self.cfg.resume_on_new_data:
+            raise UsageError(f"{self.found / ckpt.STATE_FILE}: the training data differ from the checkpoint's ("
+                             + "; ".join(changed) + "); pass --resume-on-new-data to continue on the new data")
+        print0("warning: resuming on different data (" + "; ".join(changed) + ")")
 
     # ------------------------------------------------------------------------------------------------ steps
     def _micro(self, x: torch.Tensor, y: torch.Tensor, scale: float, last: bool) -> torch.Tensor:

@@ -24,7 +24,7 @@ from scalelab.lm.posttrain.tasks.coding import MBPPTask, StdlibCodeTask
 from scalelab.lm.posttrain.tasks.conversation import ConversationTask
 from scalelab.lm.posttrain.tasks.emails import EmailTask
 from scalelab.lm.posttrain.tasks.summarise import SummariseTask
-from scalelab.lm.posttrain.tasks.user_data import UserDataTask
+from scalelab.lm.posttrain.tasks.user_data import UserDataTask, user_task_name
 
 TASKS: dict[str, type[Task]] = {
     "arithmetic": ArithmeticTask,
@@ -103,6 +103,14 @@ def split_counts(total: int, weights: list[float]) -> list[int]:
     for i in order[: total - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def planned_counts(cfg: MixtureConfig) -> dict[str, int]:
+    """Training conversations each task and user file contributes: the shares ``build_mixture`` draws."""
+    entries = [parse_weighted(spec, "tasks") for spec in cfg.tasks]
+    entries += [(user_task_name(path), w) for path, w in (parse_weighted(s, "user_files") for s in cfg.user_files)]
+    counts = split_counts(cfg.n_train, [w for _, w in entries])
+    return {name: count for (name, _), count in zip(entries, counts)}
 
 
 def build_mixture(cfg: MixtureConfig) -> tuple[list[Messages], dict[str, list[Example]]]:

@@ -16,10 +16,15 @@ from scalelab.lm.chat import load_conversations
 from scalelab.lm.posttrain.tasks.base import Example, Messages, Task, sample_pool, split_end
 
 
+def user_task_name(path: str | Path) -> str:
+    """How a user's conversation file is named in the mixture and its reports."""
+    return f"file:{Path(path).name}"
+
+
 class UserDataTask(Task):
     def __init__(self, path: str | Path, fmt: str = "auto") -> None:
         self.path = Path(path)
-        self.name = f"file:{self.path.name}"
+        self.name = user_task_name(self.path)
         self.conversations = load_conversations(self.path, fmt=fmt)
 
     def train_conversations(self, n: int, seed: int = 0) -> list[Messages]:
