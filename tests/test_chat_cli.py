@@ -96,11 +96,12 @@ def test_errors_are_one_line(chat_run: Path, tmp_path: Path, capsys: pytest.Capt
 
 
 def test_ctrl_c_stops_a_reply_and_long_history_is_trimmed(chat_run: Path) -> None:
-    from scalelab.cli.chat import ChatConfig, ChatSession, answer
+    from scalelab.cli.chat import answer
     from scalelab.lm.inference.loading import load_for_inference
+    from scalelab.lm.inference.session import ChatSession, Sampling
 
     model, tok, _ = load_for_inference(chat_run, None, "cpu", "fp32")
-    session = ChatSession(model, tok, ChatConfig(run=str(chat_run), temperature=0, max_tokens=8))
+    session = ChatSession(model, tok, Sampling(temperature=0, max_tokens=8))
 
     def interrupted(ids):
         yield "o"
@@ -117,3 +118,38 @@ def test_ctrl_c_stops_a_reply_and_long_history_is_trimmed(chat_run: Path) -> Non
         answer(session, f"message number {i}", out, err)
     assert "dropped the" in err.getvalue()
     assert 0 < len(session.history) < 12 and session.history[-1] == {"role": "assistant", "content": "ok"}
+
+
+def test_arrow_keys_edit_the_line_in_a_real_terminal(chat_run: Path) -> None:
+    """In a terminal the prompt has line editing: typing /fo, Left, X gives the line /fXo, not /fo^[[DX."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: scalelab chat on the pty
+        os.chdir(Path(__file__).resolve().parents[1])
+        os.execve(sys.executable, [sys.executable, "-m", "scalelab", "chat", "--run", str(chat_run), *FLAGS], ENV)
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = 60) -> None:
+        nonlocal seen
+        deadline = time.time() + timeout
+        while marker not in seen and time.time() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"you> ")
+        os.write(fd, b"/fo\x1b[DX\r")  # \x1b[D is the Left arrow
+        read_until(b"unknown command")
+        read_until(b"you> ", timeout=5)
+        os.write(fd, b"\x04")  # Ctrl-D
+    finally:
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"unknown command '/fXo'" in seen, seen[-500:]

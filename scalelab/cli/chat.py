@@ -12,7 +12,6 @@ template the model was fine-tuned on and that Hugging Face's ``apply_chat_templa
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -50,69 +49,7 @@ class ChatConfig:
         check_generation_flags(self, ("chat", "base"))
 
 
-class ChatSession:
-    """The conversation state: system prompt, history, and streaming one reply at a time."""
-
-    def __init__(self, model: Any, tokenizer: Any, cfg: ChatConfig) -> None:
-        from scalelab.lm.chat import stop_token_ids
-
-        self.model, self.tok, self.cfg = model, tokenizer, cfg
-        self.system = cfg.system.strip()
-        self.history: list[dict[str, str]] = []
-        self.context = model.config.max_seq_len
-        self.stop_ids = stop_token_ids(tokenizer)
-        self.replies = 0
-
-    def reset(self) -> None:
-        self.history = []
-
-    def _messages(self, history: list[dict[str, str]], user: str) -> list[dict[str, str]]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + history + [{"role": "user", "content": user}]
-
-    def prepare(self, user: str) -> tuple[list[int], int]:
-        """Prompt ids for the next reply and how many old turns were dropped to fit; UsageError if it cannot fit."""
-        from scalelab.lm.chat import render_prompt
-
-        reserve = min(self.cfg.max_tokens, max(1, self.context // 4))  # room kept for the reply
-        history, dropped = list(self.history), 0
-        while True:
-            ids = render_prompt(self.tok, self._messages(history, user), where="message")
-            if len(ids) + reserve <= self.context or not history:
-                break
-            history, dropped = history[2:], dropped + 1  # drop the oldest user + assistant turn
-        if len(ids) >= self.context:
-            raise UsageError(f"the message is too long: the prompt is {len(ids)} tokens but the model's context "
-                             f"length is {self.context} tokens; shorten it")
-        self.history = history
-        return ids, dropped
-
-    def stream(self, ids: list[int]) -> Iterator[str]:
-        from scalelab.lm.inference.engine import TextStream, generate
-
-        seed = None if self.cfg.seed < 0 else self.cfg.seed + self.replies
-        self.replies += 1
-        text = TextStream(self.tok)
-        c = self.cfg
-        for token in generate(self.model, ids, c.max_tokens, c.temperature, c.top_k, c.top_p, seed, self.stop_ids):
-            if token in self.stop_ids:
-                break
-            delta = text.push(token)
-            if delta:
-                yield delta
-        rest = text.flush()
-        if rest:
-            yield rest
-
-    def commit(self, user: str, reply: str) -> bool:
-        """Keep the turn in the history (False when the reply is empty: the pair is dropped to keep turns valid)."""
-        if not reply.strip():
-            return False
-        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-        return True
-
-
-def answer(session: ChatSession, user: str, out: TextIO, err: TextIO) -> None:
+def answer(session: Any, user: str, out: TextIO, err: TextIO) -> None:
     """Stream one reply to ``out``; Ctrl-C stops it and keeps what was said so far."""
     ids, dropped = session.prepare(user)
     if dropped:
@@ -132,6 +69,16 @@ def answer(session: ChatSession, user: str, out: TextIO, err: TextIO) -> None:
         print("(empty reply: this turn is not kept in the history)", file=err)
 
 
+def enable_line_editing() -> bool:
+    """Arrow keys, Home/End and history at the prompt: ``input()`` uses GNU readline once the module is imported
+    (without it the keys print escape codes such as ^[[A). False where Python was built without readline."""
+    try:
+        import readline  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _read_line(interactive: bool) -> str | None:
     """One line of input, None at end of input (Ctrl-D)."""
     if interactive:
@@ -144,8 +91,10 @@ def _read_line(interactive: bool) -> str | None:
     return None if line == "" else line.rstrip("\n")
 
 
-def repl(session: ChatSession, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def repl(session: Any, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     interactive = sys.stdin.isatty()
+    if interactive:
+        enable_line_editing()
     while True:
         try:
             line = _read_line(interactive)
@@ -185,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from scalelab.lm.chat import has_chat_template
     from scalelab.lm.data.tokenizer import find_tokenizer
     from scalelab.lm.inference.loading import load_for_inference
+    from scalelab.lm.inference.session import ChatSession, Sampling
 
     for stream in (sys.stdin, sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -195,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if tok_dir is None or not has_chat_template(tok_dir):
         raise UsageError(f"{tok_dir or cfg.run}: the tokenizer has no chat template (no chat_template in "
                          "tokenizer_config.json); chat needs a scalelab tokenizer or a fine-tuned chat model")
-    session = ChatSession(model, tok, cfg)
+    settings = Sampling(cfg.max_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)
+    session = ChatSession(model, tok, settings, system=cfg.system)
     if cfg.prompt:
         if not cfg.prompt.strip():
             raise UsageError("--prompt is empty")

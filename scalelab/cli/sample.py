@@ -24,8 +24,8 @@ class SampleConfig:
     """Generate text from a checkpoint."""
 
     run: str = field(default="", metadata={"help": "run folder (or a stage or step folder inside one)"})
-    stage: str = field(default="", metadata={"help": "checkpoint stage: base or chat; empty = base if present, "
-                                                     "else chat"})
+    stage: str = field(default="", metadata={"help": "checkpoint stage: base or chat; empty = chat if present, "
+                                                     "else base"})
     prompt: str = field(default="", metadata={"help": "text to continue; empty = start from <|bos|> alone"})
     max_tokens: int = field(default=200, metadata={"help": "new tokens per sample (also capped by the context)"})
     temperature: float = field(default=0.8, metadata={"help": "softmax temperature; 0 = greedy (deterministic)"})
@@ -42,15 +42,6 @@ class SampleConfig:
             raise UsageError(f"--num-samples {self.num_samples}: must be at least 1")
 
 
-def _stage(run: str, stage: str) -> str | None:
-    """Default to the base model: sampling continues raw text; `scalelab chat` is for the chat model."""
-    if stage:
-        return stage
-    from scalelab.runs import RunDir
-
-    return "base" if RunDir(run).latest_step_dir("base") is not None else None
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SampleConfig, argv, prog="scalelab sample")
     cfg.check()
@@ -62,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
-    model, tok, step_dir = load_for_inference(cfg.run, _stage(cfg.run, cfg.stage), cfg.device, cfg.dtype)
+    model, tok, step_dir = load_for_inference(cfg.run, cfg.stage or None, cfg.device, cfg.dtype)
     stop_ids = stop_token_ids(tok)
     prompt = [tok.token_to_id(BOS)] + tok.encode(cfg.prompt, add_special_tokens=False).ids
     context = model.config.max_seq_len
