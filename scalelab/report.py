@@ -107,7 +107,11 @@ def plot_scores(evals: dict[str, dict[str, Any]], path: Path, section: str = "ta
     for j, stage in enumerate(stages):
         res = evals[stage].get(section) or {}
         xs = [i + (j - (len(stages) - 1) / 2) * width for i in range(len(tasks))]
-        ax.bar(xs, [float(res.get(t, {}).get(key, 0.0)) for t in tasks], width, label=stage)
+        values = [float(res.get(t, {}).get(key, 0.0)) for t in tasks]
+        bars = ax.bar(xs, values, width, label=stage)
+        for bar, v in zip(bars, values):  # a score of 0 draws no bar: its value says it was measured
+            ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 2), textcoords="offset points")
     for i, t in enumerate(tasks):
         found = [e[section][t]["chance"] for e in evals.values() if "chance" in (e.get(section) or {}).get(t, {})]
         chance = found[0] if found else None
@@ -199,7 +203,9 @@ def render_report(run_dir: str | Path) -> Path:
     evals = load_evals(run)
     config = read_json(run.config_json) if run.config_json.is_file() else {}
     loss_png = plot_losses(metrics, run.root / "loss.png")
-    eval_png = plot_scores(evals, run.root / "eval.png", title="task score: base (few-shot) vs chat (template)")
+    how = {"base": "base (few-shot)", "chat": "chat (template)"}
+    eval_png = plot_scores(evals, run.root / "eval.png",
+                           title="task score: " + " vs ".join(how.get(s, s) for s in evals))
     mc_png = plot_scores(evals, run.root / "multiple_choice.png", section="multiple_choice", key="accuracy_norm",
                          title="multiple choice by log-likelihood (dashed: chance)")
     lines = [f"# scalelab run report: `{run.root.name}`", "",

@@ -67,3 +67,24 @@ def test_empty_run_still_writes_a_report(tmp_path: Path) -> None:
     path = render_report(tmp_path)
     assert "Nothing to report yet" in path.read_text()
     assert score_table({}) == []
+
+
+def test_eval_plot_names_only_the_stages_it_shows_and_marks_zero_scores(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.figure
+
+    from scalelab.common import write_json
+    from scalelab.report import render_report
+    from scalelab.runs import RunDir
+
+    run = RunDir(tmp_path)
+    write_json(run.eval_json("chat"), {"stage": "chat", "tasks": {"arithmetic": {"score": 0.0},
+                                                                 "email": {"score": 0.5}}})
+    figures = []
+    real = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, path, **kw: (figures.append((Path(path).name, fig)), real(fig, path, **kw)))
+    render_report(tmp_path)
+    fig = dict(figures)["eval.png"]
+    ax = fig.axes[0]
+    assert ax.get_title() == "task score: chat (template)"  # no "base vs" when only chat was evaluated
+    assert sorted(t.get_text() for t in ax.texts) == ["0.00", "0.50"]  # the zero score is visible

@@ -27,12 +27,13 @@ import math
 import os
 import sysconfig
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scalelab.common import UsageError, progress
+from scalelab.common import UsageError, print0, progress
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".py", ".pyi", ".tex", ".org", ".html", ".htm", ".xml",
                  ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go", ".rs", ".sh", ".toml", ".yaml",
@@ -136,6 +137,26 @@ def _suffix(path: Path) -> str:
     return ".jsonl.gz" if name.endswith(".jsonl.gz") else path.suffix.lower()
 
 
+def _visible_files(root: Path) -> list[Path]:
+    return [p for p in sorted(root.rglob("*")) if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+
+
+def note_skipped_files(src: Source) -> int:
+    """Say which files of a folder source are left out (not a text or record suffix), so none vanish silently;
+    returns how many."""
+    if src.kind != "files" or _has_glob(src.path) or not Path(src.path).is_dir():
+        return 0
+    wanted = set(TEXT_SUFFIXES) | (set(RECORD_SUFFIXES) if src.field else set())
+    skipped = Counter(_suffix(p) or "(no suffix)" for p in _visible_files(Path(src.path)) if _suffix(p) not in wanted)
+    if skipped:
+        kinds = ", ".join(f"{n} {ext}" for ext, n in skipped.most_common(6))
+        records = "" if src.field else f"; JSONL/Parquet records are read with {src.path}#FIELD"
+        print0(f"note: {src.path}: skipped {sum(skipped.values())} file(s) that are not text ({kinds}); text "
+               f"suffixes read: {' '.join(sorted(TEXT_SUFFIXES))}{records}")
+    return sum(skipped.values())
+
+
 def source_files(src: Source) -> list[Path]:
     """The files of a ``files`` source: the file itself, or a folder's/glob's text (or record) files, sorted."""
     if src.kind != "files":
@@ -146,8 +167,7 @@ def source_files(src: Source) -> list[Path]:
         cands = [p for p in cands if p.is_file()]
     elif Path(src.path).is_dir():
         root = Path(src.path)
-        cands = [p for p in sorted(root.rglob("*")) if p.is_file() and _suffix(p) in wanted
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        cands = [p for p in _visible_files(root) if _suffix(p) in wanted]
     else:
         cands = [Path(src.path)]
     return cands

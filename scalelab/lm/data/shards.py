@@ -24,7 +24,14 @@ import numpy as np
 
 from scalelab.common import RunLock, UsageError, print0, progress, read_json, space_for, write_json
 from scalelab.config import save_config
-from scalelab.lm.data.corpus import DEFAULT_DOC_MAX_BYTES, CorpusPlan, hash_fraction, parse_source, scan
+from scalelab.lm.data.corpus import (
+    DEFAULT_DOC_MAX_BYTES,
+    CorpusPlan,
+    hash_fraction,
+    note_skipped_files,
+    parse_source,
+    scan,
+)
 from scalelab.lm.data.tokenizer import (
     check_vocab_size,
     copy_tokenizer,
@@ -224,6 +231,8 @@ def prepare(cfg: TokenizerConfig) -> dict[str, Any]:
         raise UsageError("--min-frequency and --batch-bytes must be >= 1; --doc-max-bytes, --max-train-bytes >= 0")
     sources = [parse_source(s) for s in cfg.corpus]
     val_sources = [parse_source(s) for s in cfg.val_corpus]
+    for src in sources + val_sources:
+        note_skipped_files(src)
     plan = scan(sources, val_sources, cfg.val_fraction, cfg.doc_max_bytes)
 
     run.root.mkdir(parents=True, exist_ok=True)

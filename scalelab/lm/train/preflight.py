@@ -100,11 +100,11 @@ def check_fits(plan: Plan) -> None:
     fixed = est.total - est.activations
     per_row = est.activations / plan.batch_size
     fits = int((budget - fixed) // per_row) if per_row > 0 and budget > fixed else 0
-    if 1 <= fits < plan.batch_size:
-        accum = plan.grad_accum * plan.batch_size / fits
-        keep = (f" with --total-batch-tokens {plan.tokens_per_step} kept by {accum:g} accumulation steps"
-                if accum.is_integer() else "")
-        hints.append(f"--batch-size {fits}{keep}")
+    rows = plan.batch_size * plan.grad_accum  # sequences per process per step: kept when the micro-batch divides it
+    keep = max((b for b in range(1, min(fits, plan.batch_size - 1) + 1) if rows % b == 0), default=0)
+    if keep:
+        hints.append(f"--batch-size {keep} --total-batch-tokens {plan.tokens_per_step} (the same tokens per step "
+                     f"in {rows // keep} accumulation steps)")
     if est.activations > est.weights * 4 and plan.seq_len > 64:
         hints.append(f"--seq-len {plan.seq_len // 2}")
     if plan.world_size > 1 and not plan.fsdp:
