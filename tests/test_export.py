@@ -255,3 +255,45 @@ def test_export_without_checkpoint_is_a_usage_error(tmp_path, capsys) -> None:
         assert "no checkpoint" in err and "Traceback" not in err
     assert main(["export", "--run", str(tmp_path / "missing")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_import_then_continue_pretraining_is_one_obvious_path(exported, tmp_path, capsys) -> None:
+    """A Llama folder with a padded vocabulary, imported, then the hinted commands as printed: the model's shape
+    comes from the import (no preset applied), the weights-only checkpoint starts the run, nothing else is asked."""
+    import shlex
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "llama"
+    shutil.copytree(exported[False], src)
+    state = load_file(str(src / "model.safetensors"))
+    pad = 64  # vocabularies are often padded to a multiple of 64 for speed
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[name] = torch.cat([state[name], torch.zeros(pad, state[name].shape[1])])
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["vocab_size"] += pad
+    (src / "config.json").write_text(json.dumps(cfg))
+    run = tmp_path / "imp"
+    assert main(["import", "--format", "hf", str(src), "--run", str(run)]) == 0
+    capsys.readouterr()
+    flags = ["--max-steps", "2", "--batch-size", "2", "--seq-len", "32", "--device", "cpu", "--dtype", "fp32",
+             "--preflight-steps", "0", "--sample-tokens", "0", "--eval-tokens", "256"]
+    # no token data yet: the hint names a command that runs as printed
+    assert main(["pretrain", "--run", str(run), *flags]) == 2
+    err = capsys.readouterr().err
+    hint = err.split("(run `")[1].split("` first)")[0]
+    assert hint == f"scalelab tokenizer --run {run} --tokenizer {run} --corpus stdlib"
+    corpus = str(Path(__file__).resolve().parents[1] / "scalelab" / "lm")  # a small corpus instead of the stdlib
+    argv = shlex.split(hint)[1:]
+    assert main([*argv[:-1], corpus]) == 0
+    assert main(["pretrain", "--run", str(run), *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"starting from the weights of {run / 'base' / 'step_0000000'}" in out
+    meta = json.loads((run / "base" / "step_0000002" / "meta.json").read_text())
+    imported = json.loads((run / "base" / "step_0000000" / "meta.json").read_text())["model_config"]
+    assert meta["model_config"] == {**imported, "max_seq_len": imported["max_seq_len"]}
+    assert meta["model_config"]["vocab_size"] == cfg["vocab_size"]
+    # and the next run resumes it like any other
+    assert main(["pretrain", "--run", str(run), *flags[:1], "4", *flags[2:]]) == 0
+    assert "resuming" in capsys.readouterr().out

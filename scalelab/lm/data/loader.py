@@ -44,11 +44,18 @@ class BatchSource(Protocol):
 def load_meta(run: RunDir) -> dict[str, Any]:
     """``<run>/data/meta.json``, with a hint when it is missing."""
     if not run.data_meta.is_file():
-        raise UsageError(f"{run.data_meta}: no token data (run `scalelab tokenizer --run {run.root}` first)")
+        raise UsageError(f"{run.data_meta}: no token data (run `{tokenize_command(run)}` first)")
     meta = read_json(run.data_meta)
     if "vocab_size" not in meta:
         raise UsageError(f"{run.data_meta}: missing field 'vocab_size'")
     return meta
+
+
+def tokenize_command(run: RunDir) -> str:
+    """The command that writes a run's token shards: reusing its tokenizer when it has one (an import), since
+    `scalelab tokenizer` will not replace an existing tokenizer unasked."""
+    reuse = f" --tokenizer {run.root}" if run.tokenizer_json.is_file() else ""
+    return f"scalelab tokenizer --run {run.root}{reuse} --corpus stdlib"
 
 
 def open_tokens(run: RunDir, split: str, meta: dict[str, Any] | None = None, required: bool = True) -> np.memmap | None:
@@ -58,7 +65,7 @@ def open_tokens(run: RunDir, split: str, meta: dict[str, Any] | None = None, req
     if not path.is_file():
         if not required:
             return None
-        raise UsageError(f"{path}: token shard not found (run `scalelab tokenizer --run {run.root}` first)")
+        raise UsageError(f"{path}: token shard not found (run `{tokenize_command(run)}` first)")
     dtype = np.dtype(meta.get("dtype", "uint16"))
     if dtype not in (np.uint16, np.uint32):
         raise UsageError(f"{run.data_meta}: field 'dtype' must be uint16 or uint32, got {meta.get('dtype')!r}")

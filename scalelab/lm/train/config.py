@@ -88,7 +88,6 @@ class TrainConfig:
     preflight_only: bool = field(default=False, metadata={"help": "stop after the preflight report"})
 
 
-MODEL_FIELDS = ("model", "depth", "n_layer", "n_embd", "n_head", "n_kv_head", "tie_embeddings", "seq_len")
 
 
 def batch_geometry(batch_size: int, seq_len: int, world: int, total_batch_tokens: int = 0) -> tuple[int, int]:

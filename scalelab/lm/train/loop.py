@@ -54,10 +54,10 @@ from scalelab.common import (
 )
 from scalelab.config import save_config, to_dict
 from scalelab.lm import checkpoint as ckpt
-from scalelab.lm.data.loader import BatchSource, load_meta, load_token_bytes, token_source
+from scalelab.lm.data.loader import BatchSource, load_meta, load_token_bytes, token_source, tokenize_command
 from scalelab.lm.model import GPT
 from scalelab.lm.train import preflight
-from scalelab.lm.train.config import MODEL_FIELDS, TrainConfig, batch_geometry, model_config, validate
+from scalelab.lm.train.config import TrainConfig, batch_geometry, model_config, validate
 from scalelab.lm.train.log import plot_loss, sample_completions, truncate_metrics
 from scalelab.lm.train.optim import build_optimizer, lr_at, peak_tflops, replan_total, resolve_schedule
 from scalelab.runs import RunDir
@@ -214,7 +214,8 @@ class Trainer:
         data_sha = self.data_meta.get("tokenizer_sha256") if self.data_meta else None
         if start.step_dir is None:
             if data_vocab is None:
-                raise UsageError(f"{run.data_meta}: no token data and no --init-from checkpoint to size the model")
+                raise UsageError(f"{run.data_meta}: no token data and no --init-from checkpoint to size the model "
+                                 f"(run `{tokenize_command(run)}` first)")
             self.tokenizer_sha = data_sha
             seed_everything(cfg.seed)
             return GPT(model_config(cfg, data_vocab))
@@ -228,9 +229,13 @@ class Trainer:
         if data_sha and meta.get("tokenizer_sha256") and meta["tokenizer_sha256"] != data_sha:
             raise UsageError(f"{where}: tokenizer_sha256 differs from {run.data_meta} "
                              "(the data was tokenized with another tokenizer)")
-        if start.kind == "resume" and not cfg.init_from and self.given & set(MODEL_FIELDS):
-            # model flags given on a resume must agree with the checkpoint; without them the weights decide
-            ckpt.check_model_config(start.step_dir, saved, model_config(cfg, saved["vocab_size"]).to_dict())
+        if start.kind == "resume" and not cfg.init_from:
+            # model flags given on a resume must agree with the checkpoint; what was not given, the weights decide
+            keys = {k for k in ("n_layer", "n_embd", "n_head", "n_kv_head", "tie_embeddings") if k in self.given}
+            if self.given & {"model", "depth"}:
+                keys |= {"n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size"}
+            requested = model_config(cfg, saved["vocab_size"]).to_dict()
+            ckpt.check_model_config(start.step_dir, {k: saved.get(k) for k in keys}, {k: requested[k] for k in keys})
         self.tokenizer_sha = data_sha or meta.get("tokenizer_sha256")
         seed_everything(cfg.seed)
         return ckpt.model_from_checkpoint(start.step_dir, meta, max_seq_len=cfg.seq_len)
