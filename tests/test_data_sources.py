@@ -170,3 +170,16 @@ def test_pull_offline_says_so_in_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach 127.0.0.1" in lines[0] and "offline?" in lines[0], proc.stderr
     assert not (tmp_path / "xdg" / "scalelab" / "data" / "tiny_shakespeare").exists()
+
+
+def test_a_named_set_is_a_corpus_source(dirs: tuple[Path, Path]) -> None:
+    from scalelab.lm.data.corpus import parse_source
+
+    data, _ = dirs
+    with pytest.raises(UsageError, match="scalelab data pull toy"):
+        parse_source("toy:2")
+    (data / "toy").mkdir()
+    for name, body in TOY_FILES.items():
+        (data / "toy" / name).write_bytes(body)
+    src = parse_source("toy:2")
+    assert src.path == str(data / "toy") and src.weight == 2.0 and src.kind == "files"
