@@ -8,7 +8,7 @@ PIP     := $(BIN)/python -m pip install -q --disable-pip-version-check -c constr
 RUN     ?= runs/demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint bench check-gguf setup clean
+.PHONY: demo test test-fast test-bare lint bench check-gguf setup clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The fast tests as in a clone with nothing beside it: an empty data folder and an empty cache, so every test of a
+# public data set must skip with its reason and every other test must bring its own data (tests/fixtures).
+test-bare: $(STAMP)
+	@empty=$$(mktemp -d) && trap 'rm -rf "$$empty"' EXIT && mkdir "$$empty/data" "$$empty/cache" && \
+	  echo "test-bare: SCALELAB_DATA=$$empty/data XDG_CACHE_HOME=$$empty/cache" && \
+	  SCALELAB_DATA="$$empty/data" XDG_CACHE_HOME="$$empty/cache" $(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check scalelab tests benchmarks

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("scalelab.cli.export", "export a run to Hugging Face or GGUF format"),
     "import": ("scalelab.cli.import_", "import a Hugging Face Llama checkpoint as a scalelab run"),
     "serve": ("scalelab.cli.serve", "OpenAI-compatible HTTP server and web chat page"),
+    "data": ("scalelab.cli.data", "named data sets: list where each is found, pull a public one into the cache"),
 }
 
 

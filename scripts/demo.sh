@@ -25,6 +25,39 @@ done
 echo "scalelab demo: profile '$PROFILE', run folder $RUN (re-run this command to continue after an interruption)"
 T0=$(date +%s)
 
+# ------------------------------------------------------------------------------------------------------------------
+# DATA SETS: which named sets the demo reads and what stands in for an absent one. scalelab/data_sources.py decides
+# where each is found ($SCALELAB_DATA, default ../shared/data; then the cache); `scalelab data pull NAME` fetches one.
+# ------------------------------------------------------------------------------------------------------------------
+echo
+echo "== data sets"
+"${SL[@]}" data list stdlib magic_gamma_telescope fastchat_dummy_conversation oasst_en_100_trees dolly_hhrlhf_small
+USED="stdlib (tokenizer and pretraining corpus)"
+REPLACED=""
+if "${SL[@]}" data path magic_gamma_telescope > /dev/null 2>&1; then
+  HAVE_MAGIC=1; USED="$USED, magic_gamma_telescope (tabular study)"
+else
+  HAVE_MAGIC=0; USED="$USED, digits (tabular study)"
+  REPLACED="magic_gamma_telescope -> scikit-learn's digits (tabular study)"
+fi
+for s in fastchat_dummy_conversation oasst_en_100_trees dolly_hhrlhf_small; do
+  if "${SL[@]}" data path "$s" > /dev/null 2>&1; then
+    USED="$USED, $s (SFT chats)"
+  else
+    REPLACED="${REPLACED:+$REPLACED; }$s -> synthetic conversations (SFT)"
+  fi
+done
+if [ "$PROFILE" = gpu ]; then  # its mixture and evaluation read these; nothing stands in for them
+  NEEDED=(gsm8k mbpp arc hellaswag piqa winogrande copa openbookqa boolq commonsense_qa)
+  "${SL[@]}" data list "${NEEDED[@]}" | sed -n '2,11p'
+  for s in "${NEEDED[@]}"; do
+    if "${SL[@]}" data path "$s" > /dev/null 2>&1; then USED="$USED, $s"; else
+      echo "demo.sh: the gpu profile needs $s: scalelab data pull $s (or set SCALELAB_DATA)" >&2; exit 2; fi
+  done
+fi
+echo "used: $USED"
+echo "replaced: ${REPLACED:-nothing}"
+
 # Run a stage unless its marker says it finished; record its wall time in the marker.
 stage() {
   local name="$1"; shift
@@ -44,8 +77,7 @@ stage() {
 # TABULAR STUDY: MLP vs classical baselines on a real dataset (MAGIC gamma telescope) and on a synthetic teacher task
 # with a known floor (Bayes accuracy 0.90), plus score against training FLOPs. Each prints a table and its plot path.
 # ------------------------------------------------------------------------------------------------------------------
-# The real set lives in ../shared/data beside the repository; without it, scikit-learn's bundled digits stands in.
-if "$PY" -c "import sys; from scalelab.tabular.datasets import data_root; sys.exit(not data_root().is_dir())"; then
+if [ "$HAVE_MAGIC" = 1 ]; then
   stage tabular-magic "${SL[@]}" curves --config configs/magic_curves.yaml --out "$RUN/tabular/magic"
 else
   stage tabular-digits "${SL[@]}" curves --config configs/magic_curves.yaml --dataset digits \
@@ -77,6 +109,10 @@ for s in tabular-magic tabular-digits tabular-teacher tabular-compute tokenizer 
   [ -f "$MARKS/$s.done" ] && printf "  %-16s %6s\n" "$s" "$(cat "$MARKS/$s.done")"
 done
 printf "  %-16s %6s   (this invocation)\n" "total" "$(( $(date +%s) - T0 ))"
+
+echo
+echo "== data sets used: $USED"
+echo "== data sets replaced: ${REPLACED:-nothing}"
 
 echo
 "${SL[@]}" report --run "$RUN" --table

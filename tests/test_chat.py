@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from data_fixtures import needs_sets, set_dir
 
 from scalelab.common import UsageError
 from scalelab.lm.chat import (
@@ -151,13 +152,11 @@ def test_load_three_formats(tmp_path: Path) -> None:
         {"role": "assistant", "content": "Hey"}]]
 
 
+@needs_sets("fastchat_dummy_conversation", "alpaca_cleaned_1000")
 def test_loads_the_shared_public_sets() -> None:
-    data = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not data.is_dir():
-        pytest.skip("shared data not present")
-    convs = load_conversations(data / "fastchat_dummy_conversation" / "dummy_conversation.json")
+    convs = load_conversations(set_dir("fastchat_dummy_conversation") / "dummy_conversation.json")
     assert len(convs) == 500 and convs[0][0]["role"] == "user"
-    assert len(load_conversations(data / "alpaca_cleaned_1000" / "alpaca_data_cleaned_1000.json")) == 1000
+    assert len(load_conversations(set_dir("alpaca_cleaned_1000") / "alpaca_data_cleaned_1000.json")) == 1000
 
 
 @pytest.mark.parametrize("name, text, match", [

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from data_fixtures import needs_sets, set_dir
 
 from scalelab.common import UsageError
 from scalelab.lm.data.corpus import (
@@ -19,9 +20,6 @@ from scalelab.lm.data.corpus import (
     stdlib_dir,
     stdlib_python_files,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared data sets not present")
 
 
 def docs(spec: str, **kw) -> list[str]:
@@ -186,16 +184,16 @@ def test_stdlib_source() -> None:
     assert first == files[0].read_text(encoding="utf-8")[: len(first)]
 
 
-@needs_shared
+@needs_sets("tiny_shakespeare", "tinystories_sample", "gutenberg_books", "mbpp")
 def test_shared_corpora_as_text_sources() -> None:
-    shakespeare = SHARED / "tiny_shakespeare" / "input.txt"
+    shakespeare = set_dir("tiny_shakespeare") / "input.txt"
     pieces = docs(str(shakespeare))
     assert len(pieces) > 20 and "".join(pieces) == shakespeare.read_text(encoding="utf-8")
-    stories = docs(str(SHARED / "tinystories_sample" / "tinystories_sample_eot.txt"))
+    stories = docs(str(set_dir("tinystories_sample") / "tinystories_sample_eot.txt"))
     assert len(stories) == 5 and all("<|endoftext|>" not in s for s in stories)
-    books = docs(str(SHARED / "gutenberg_books" / "*.txt"))
+    books = docs(str(set_dir("gutenberg_books") / "*.txt"))
     assert len(books) > 100 and any("Elizabeth" in b for b in books)
-    code = docs(str(SHARED / "mbpp" / "mbpp.jsonl") + "#code")
+    code = docs(str(set_dir("mbpp") / "mbpp.jsonl") + "#code")
     assert len(code) == 974 and all("def " in c or "lambda" in c or "class " in c for c in code[:50])
-    plan = scan([parse_source(str(shakespeare)), parse_source(str(SHARED / "mbpp" / "mbpp.jsonl") + "#code:2")])
+    plan = scan([parse_source(str(shakespeare)), parse_source(str(set_dir("mbpp") / "mbpp.jsonl") + "#code:2")])
     assert sum(s.val_documents for s in plan.stats) >= 1 and plan.stats[1].weight == 2.0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import needs_sets, set_dir
 
 from scalelab.__main__ import main
 from scalelab.common import UsageError
@@ -17,7 +18,6 @@ from scalelab.lm.data.corpus import iter_source, parse_source
 from scalelab.lm.data.shards import load_data_meta, load_token_bytes, open_split
 from scalelab.lm.data.tokenizer import load_tokenizer, tokenizer_sha256
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOCAB = ["--vocab-size", "320"]
 
 
@@ -105,12 +105,11 @@ def test_weights_reuse_and_val_corpus(tmp_path: Path, corpus: Path) -> None:
     assert ms["splits"]["train"]["documents"] == 60 and ms["splits"]["val"]["documents"] == 41
 
 
+@needs_sets("tiny_shakespeare", "tinystories_sample")
 def test_shared_corpora_through_the_cli(tmp_path: Path) -> None:
-    if not SHARED.is_dir():
-        pytest.skip("shared data sets not present")
     run = tmp_path / "run"
-    assert run_cli("--run", str(run), "--corpus", str(SHARED / "tiny_shakespeare" / "input.txt"),
-                   "--corpus", str(SHARED / "tinystories_sample" / "tinystories_sample_eot.txt") + ":2",
+    assert run_cli("--run", str(run), "--corpus", str(set_dir("tiny_shakespeare") / "input.txt"),
+                   "--corpus", str(set_dir("tinystories_sample") / "tinystories_sample_eot.txt") + ":2",
                    "--vocab-size", "512", "--doc-max-bytes", "8192") == 0
     meta = load_data_meta(run)
     assert meta["splits"]["val"]["documents"] >= 1 and 1.5 < meta["bytes_per_token_val"] < 4.0

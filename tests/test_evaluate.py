@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from data_fixtures import needs_sets
 
 from scalelab.common import UsageError
 from scalelab.lm.model import GPT, ModelConfig
@@ -20,8 +21,6 @@ from scalelab.lm.posttrain.multiple_choice import (
     load_mc_set,
     option_tokens,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 class CharTok:
@@ -90,10 +89,10 @@ def test_batched_padded_scores_equal_one_by_one() -> None:
     assert math.isfinite(continuation_logprobs(model, [long_seq])[0])
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="shared data folder not present")
-@pytest.mark.parametrize("name", [n for n in MC_SETS if n != "hellaswag"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_sets(MC_SETS[n].split("/")[0]))
+                                  for n in MC_SETS if n != "hellaswag"])
 def test_every_shared_set_loads(name: str) -> None:
-    items = load_mc_set(name, limit=4, data_dir=DATA)
+    items = load_mc_set(name, limit=4)
     assert len(items) == 4
     for it in items:
         assert len(it.contexts) == len(it.continuations) >= 2 and 0 <= it.gold < len(it.contexts)
@@ -190,13 +189,13 @@ def test_chat_stage_without_a_template_is_a_clear_error(tmp_path: Path) -> None:
     require_chat_template(run)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="shared data folder not present")
+@needs_sets("copa", "winogrande", "hellaswag")
 def test_multiple_choice_runs_on_real_items(tok) -> None:
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=1, n_embd=32, n_head=1, n_kv_head=1,
                             max_seq_len=64)).eval()
     for name in ("copa", "winogrande", "hellaswag"):
-        items = load_mc_set(name, limit=3, seed=1, data_dir=DATA)
+        items = load_mc_set(name, limit=3, seed=1)
         res = evaluate_mc(model, tok, items, batch_size=4, show_progress=False)
         assert res["n"] == 3 and 0.0 <= res["accuracy"] <= 1.0 and 0.0 <= res["accuracy_norm"] <= 1.0
         assert res["chance"] == pytest.approx(sum(1 / len(it.contexts) for it in items) / 3)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_fixtures import shakespeare_bytes
 
 from scalelab.__main__ import main
 from scalelab.lm.checkpoint import load_model, load_state, resolve_checkpoint, save_checkpoint
@@ -24,7 +25,6 @@ from scalelab.lm.model import GPT, ModelConfig
 from scalelab.lm.special_tokens import BOS, END, PAD
 from scalelab.runs import RunDir
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -33,7 +33,7 @@ def make_tiny_run(root: Path, tie: bool = False, steps: int = 200, seed: int = 0
     """A run folder with a trained byte-level BPE tokenizer and a briefly trained tiny GPT (stage "base")."""
     from scalelab.lm.data.tokenizer import save_tokenizer, tokenizer_sha256, train_tokenizer
 
-    text = (DATA / "tiny_shakespeare" / "input.txt").read_text(encoding="utf-8")[:200_000]
+    text = shakespeare_bytes().decode("utf-8")
     docs = [d for d in text.split("\n\n") if d.strip()]
     run = RunDir(root)
     tok = train_tokenizer(docs, vocab_size=512, show_progress=False)

@@ -7,18 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import needs_sets
 
 from scalelab.__main__ import main
 from scalelab.tabular.curves import CurvesConfig, crossover, run_curves
 from scalelab.tabular.datasets import SHARED, load_dataset, make_teacher
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-
-@pytest.mark.parametrize("name", sorted(SHARED))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_sets(n)) for n in sorted(SHARED)])
 def test_shared_datasets_load(name: str) -> None:
-    if not (DATA / name).is_dir():
-        pytest.skip(f"{DATA / name} not present")
     ds = load_dataset(name)
     assert len(ds.X) == len(ds.y) > 1000 and ds.task == "classification" and ds.n_classes >= 2
     if ds.X_test is not None:

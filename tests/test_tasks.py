@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from data_fixtures import needs_sets, set_dir
 
 from scalelab.common import UsageError
 from scalelab.lm.posttrain.tasks.arithmetic import ArithmeticTask, GSM8KTask, gsm8k_final_answer
@@ -22,8 +23,7 @@ from scalelab.lm.posttrain.tasks.sandbox import run_python
 from scalelab.lm.posttrain.tasks.summarise import SummariseTask
 from scalelab.lm.special_tokens import END
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data not present")
+PUBLIC_CHATS = ("fastchat_dummy_conversation", "oasst_en_100_trees", "dolly_hhrlhf_small")
 
 
 def _prompts(convs) -> set[str]:
@@ -67,10 +67,10 @@ def test_arithmetic_scorer_and_split() -> None:
     assert "Question:" in task.few_shot_prompt(ex) and task.few_shot_prompt(ex).endswith("Answer:")
 
 
-@needs_data
+@needs_sets("gsm8k")
 def test_gsm8k_scorer_and_split() -> None:
     assert gsm8k_final_answer("so 9 * 2 = 18\n#### 1,018") == "1018"
-    task = GSM8KTask(data_dir=DATA)
+    task = GSM8KTask()
     ex = task.eval_examples(5, seed=0)[0]
     ans = ex.reference["answer"]
     assert task.score(ex, f"Some steps.\n#### {ans}{END}")["score"] == 1.0
@@ -150,9 +150,9 @@ def _train_modules(task: StdlibCodeTask) -> set[str]:
     return {mod.split(".")[0] for mod, _ in task._files(held_out=False)}
 
 
-@needs_data
+@needs_sets("mbpp")
 def test_mbpp_pass_at_1_and_split() -> None:
-    task = MBPPTask(data_dir=DATA, timeout_s=5)
+    task = MBPPTask(timeout_s=5)
     ex = task.eval_examples(3, seed=0)[0]
     row = next(r for r in task.rows() if f"mbpp-{r['task_id']}" == ex.id)
     assert 11 <= row["task_id"] <= 510
@@ -202,7 +202,7 @@ def test_conversation_identity_and_ending() -> None:
     assert rewrite_identity("I am Vicuna, a language model trained by researchers from Large Model Systems "
                             "Organization (LMSYS).") == \
         "I am scalelab, a language model trained by the scalelab project."
-    task = ConversationTask(public=DATA.is_dir(), data_dir=DATA)
+    task = ConversationTask(public=all(set_dir(n) for n in PUBLIC_CHATS))
     evals = task.eval_examples(40, seed=0)
     identity = [e for e in evals if e.reference["kind"] == "identity"]
     assert identity

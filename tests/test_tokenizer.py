@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import set_dir, shakespeare_bytes
 
 from scalelab.common import UsageError
 from scalelab.lm.data.tokenizer import (
@@ -24,7 +25,6 @@ from scalelab.lm.data.tokenizer import (
 )
 from scalelab.lm.special_tokens import BOS, END, SPECIAL_TOKENS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UNICODE = ("Caf\u00e9 na\u00efve \u2014 \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8, "
            "\u0440\u0443\u0441\u0441\u043a\u0438\u0439, "
            "\u0627\u0644\u0639\u0631\u0628\u064a\u0629, emoji \U0001f600\U0001f468\u200d\U0001f469\u200d"
@@ -33,10 +33,8 @@ UNICODE = ("Caf\u00e9 na\u00efve \u2014 \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30
 
 def _training_texts() -> list[str]:
     texts = [UNICODE * 3, "def f(x):\n    return x + 1\n" * 20]
-    shakespeare = SHARED / "tiny_shakespeare" / "input.txt"
-    if shakespeare.is_file():
-        text = shakespeare.read_text(encoding="utf-8")[:200_000]
-        texts += [text[i:i + 5000] for i in range(0, len(text), 5000)]
+    text = shakespeare_bytes().decode("utf-8")
+    texts += [text[i:i + 5000] for i in range(0, len(text), 5000)]
     return texts
 
 
@@ -54,9 +52,10 @@ def tok(tok_dir: Path):
 
 def real_texts() -> list[str]:
     out = [UNICODE, "", " ", "x", "  leading spaces", "trailing \n", "\u00e9" * 50, "\U0001f600" * 7]
-    for p in (SHARED / "gutenberg_books" / "pg2600_war_and_peace.txt", SHARED / "tiny_shakespeare" / "input.txt"):
-        if p.is_file():
-            out.append(p.read_text(encoding="utf-8")[:30_000])
+    out.append(shakespeare_bytes(30_000).decode("utf-8"))
+    books = set_dir("gutenberg_books")  # a long real book too, when the set is present
+    if books is not None:
+        out.append((books / "pg2600_war_and_peace.txt").read_text(encoding="utf-8")[:30_000])
     out.append(Path(__file__).read_text(encoding="utf-8"))
     return out
 

@@ -1,7 +1,8 @@
 """The pretraining loop: loss goes down on real text, bits per byte, schedules, accumulation, masks, bad input.
 
-Tiny models (1-2 layers, width 64) on byte-level shards of tiny_shakespeare written here with numpy in the format of
-scalelab/lm/data/shards.py (vocab 256 + 6 special tokens, <|bos|> before every paragraph).
+Tiny models (1-2 layers, width 64) on byte-level shards of the Tiny Shakespeare fixture (tests/fixtures) written
+here with numpy in the format of scalelab/lm/data/shards.py (vocab 256 + 6 special tokens,
+<|bos|> before every paragraph).
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_fixtures import shakespeare_bytes
 
 from scalelab.common import UsageError, read_jsonl
 from scalelab.lm.data.loader import TokenSource
 from scalelab.lm.train.loop import TrainConfig, eval_sums, train
 from scalelab.lm.train.optim import lr_at
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 def make_byte_run(run: Path, max_bytes: int = 300_000) -> Path:
-    text = (DATA / "tiny_shakespeare" / "input.txt").read_bytes()[:max_bytes]
+    text = shakespeare_bytes(max_bytes)
     ids: list[int] = []
     for para in text.split(b"\n\n"):
         ids += [0] + [b + 6 for b in para + b"\n\n"]

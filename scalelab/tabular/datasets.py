@@ -1,4 +1,5 @@
-"""Tabular data sets by name: scikit-learn's bundled ones, the real sets in ../shared/data, any CSV, and synthetic
+"""Tabular data sets by name: scikit-learn's bundled ones, the real public sets (found through
+scalelab/data_sources.py: data folder, cache), any CSV, and synthetic
 tasks whose floor is known exactly.
 
     from scalelab.tabular.datasets import load_dataset, load_csv
@@ -13,7 +14,6 @@ Every problem with a file (missing, empty, unknown column, NaNs, text where numb
 from __future__ import annotations
 
 import gzip
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scalelab import data_sources
 from scalelab.common import UsageError
-
-
-def data_root() -> Path:
-    """``../shared/data`` next to the repository (override with SCALELAB_DATA_DIR)."""
-    env = os.environ.get("SCALELAB_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @dataclass
@@ -154,7 +149,7 @@ def dataset_names() -> list[str]:
 
 def _load_shared(name: str) -> Dataset:
     spec = SHARED[name]
-    folder = data_root() / name
+    folder = data_sources.require(name).path
     if spec.get("loader") == "mnist":
         return _load_mnist(folder)
     kw = {"header": spec.get("header", True), "names": spec.get("names"), "task": spec.get("task", "auto")}

@@ -5,6 +5,7 @@ A source spec is ``PATH[#FIELD][:WEIGHT]``:
     stdlib                         the running Python's standard library (.py, tests left out) + pydoc topics, ~12 MB
     site-packages[/PKG]            the .py files the running Python has installed (or one package's), tests left out
     notes/ or 'books/*.txt'        text files (.txt .md .py ...), a folder (recursive) or a glob
+    gutenberg_books                a named public set (scalelab/data_sources.py: `scalelab data list`)
     data.jsonl#text:2              JSONL (or .jsonl.gz, .json list, .parquet) with a text field, weight 2
     my_dataset_dir#content         a Hugging Face dataset saved with ``save_to_disk`` (its "train" split if a dict)
     hf:roneneldan/TinyStories      a dataset on the Hugging Face hub (split "train", streamed; needs the network)
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scalelab import data_sources
 from scalelab.common import UsageError, print0, progress
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".py", ".pyi", ".tex", ".org", ".html", ".htm", ".xml",
@@ -125,6 +127,9 @@ def parse_source(spec: str) -> Source:
         kind = "files"
     else:
         p = Path(path)
+        if not p.exists() and data_sources.SETS.get(path, data_sources.NamedSet("", "", "")).files:
+            p = data_sources.require(path).path  # a named public set, wherever the data layer finds it
+            path = str(p)
         if not p.exists():
             raise UsageError(f"{path}: no such file or folder")
         is_hf = p.is_dir() and any((p / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))

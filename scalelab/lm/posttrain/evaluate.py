@@ -52,7 +52,7 @@ class EvalConfig:
                                                       "has >= --mc-min-params), on, off",
                                               "choices": ["auto", "on", "off"]})
     mc_sets: list[str] = field(default_factory=lambda: list(DEFAULT_MC_SETS), metadata={
-        "help": f"multiple-choice sets from ../shared/data ({', '.join(MC_SETS)})"})
+        "help": f"multiple-choice sets, found through scalelab/data_sources.py ({', '.join(MC_SETS)})"})
     mc_limit: int = field(default=200, metadata={"help": "items per multiple-choice set; 0 = all"})
     mc_min_params: int = field(default=50_000_000, metadata={
         "help": "with --mc auto, score multiple choice only for models with at least this many parameters"})

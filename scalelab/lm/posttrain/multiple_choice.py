@@ -1,4 +1,4 @@
-"""Multiple-choice evaluation by log-likelihood: ARC, HellaSwag, PIQA, Winogrande, COPA, ... from ../shared/data.
+"""Multiple-choice evaluation by log-likelihood: ARC, HellaSwag, PIQA, Winogrande, COPA, ... (data_sources).
 
 Each item is a list of (context, continuation) options and the index of the gold one. The model scores every option
 by the log-probability of the continuation's tokens given the context; the option with the highest total wins
@@ -28,10 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from scalelab import data_sources
 from scalelab.common import UsageError, progress
 from scalelab.lm.special_tokens import encode_text
 
-# name -> path under the shared data folder
+# name -> named set (scalelab/data_sources.py) / file in it
 MC_SETS: dict[str, str] = {
     "arc_easy": "arc/arc_easy_test.jsonl",
     "arc_challenge": "arc/arc_challenge_test.jsonl",
@@ -53,11 +54,6 @@ class MCItem:
     contexts: list[str]
     continuations: list[str]
     gold: int
-
-
-def default_data_dir() -> Path:
-    """The shared data folder next to the repository (``<repo>/../shared/data``)."""
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -121,7 +117,8 @@ def load_mc_set(name: str, limit: int | None = None, seed: int = 0, data_dir: st
     """A named set (see ``MC_SETS``); ``limit`` items drawn with a fixed seed (all when None or <= 0)."""
     if name not in MC_SETS:
         raise UsageError(f"unknown multiple-choice set '{name}' (choose {', '.join(MC_SETS)})")
-    items = load_mc_file(Path(data_dir or default_data_dir()) / MC_SETS[name])
+    set_name, rel = MC_SETS[name].split("/", 1)
+    items = load_mc_file(data_sources.data_file(set_name, rel, folder=data_dir))
     if limit and limit > 0 and limit < len(items):
         rng = random.Random(seed)
         items = [items[i] for i in sorted(rng.sample(range(len(items)), limit))]

@@ -115,10 +115,13 @@ class GSM8KTask(Task):
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir = data_dir
         self._cache: dict[str, list[dict]] = {}
+        self.sets_used: dict[str, str] = {}  # set name -> folder read (the mixture reports it)
 
     def _rows(self, split: str) -> list[dict]:
         if split not in self._cache:
-            self._cache[split] = read_jsonl_file(data_file(self.data_dir, "gsm8k", f"{split}.jsonl"))
+            path = data_file(self.data_dir, "gsm8k", f"{split}.jsonl")
+            self.sets_used["gsm8k"] = str(path.parent)
+            self._cache[split] = read_jsonl_file(path)
         return self._cache[split]
 
     def train_conversations(self, n: int, seed: int = 0) -> list[Messages]:

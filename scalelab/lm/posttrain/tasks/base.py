@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 from collections import Counter
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from scalelab import data_sources
 from scalelab.common import UsageError
 from scalelab.lm.special_tokens import END, SPECIAL_TOKENS
 
@@ -183,20 +183,10 @@ def normalise_number(text: str) -> str:
     return s
 
 
-def default_data_dir() -> Path:
-    """The shared data sets: ``$SCALELAB_DATA`` if set, else ``<repo>/../shared/data``."""
-    env = os.environ.get("SCALELAB_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[4].parent / "shared" / "data"
-
-
-def data_file(data_dir: str | Path | None, *parts: str) -> Path:
-    """A file under the data folder, or a UsageError that says where it was looked for."""
-    path = Path(data_dir or default_data_dir()).joinpath(*parts)
-    if not path.is_file():
-        raise UsageError(f"{path}: data file not found (set data_dir or $SCALELAB_DATA to the shared data folder)")
-    return path
+def data_file(data_dir: str | Path | None, name: str, *parts: str) -> Path:
+    """File ``parts`` of named set ``name``: under ``data_dir`` when given, else wherever scalelab/data_sources.py
+    finds it; a UsageError that says where it looked otherwise."""
+    return data_sources.data_file(name, "/".join(parts), folder=data_dir)
 
 
 def read_jsonl_file(path: Path) -> list[dict[str, Any]]:

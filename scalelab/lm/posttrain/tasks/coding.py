@@ -203,10 +203,13 @@ class MBPPTask(Task):
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self._rows: list[dict] | None = None
+        self.sets_used: dict[str, str] = {}  # set name -> file read (the mixture reports it)
 
     def rows(self) -> list[dict]:
         if self._rows is None:
-            self._rows = read_jsonl_file(data_file(self.data_dir, "mbpp", "mbpp.jsonl"))
+            path = data_file(self.data_dir, "mbpp", "mbpp.jsonl")
+            self.sets_used["mbpp"] = str(path)
+            self._rows = read_jsonl_file(path)
         return self._rows
 
     @staticmethod

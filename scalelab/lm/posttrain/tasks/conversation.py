@@ -19,11 +19,12 @@ import random
 import re
 from pathlib import Path
 
+from scalelab.common import UsageError
 from scalelab.lm.posttrain.tasks.base import (
     Example,
     Messages,
     Task,
-    default_data_dir,
+    data_file,
     is_eval_key,
     sample_pool,
     split_end,
@@ -155,11 +156,13 @@ class ConversationTask(Task):
 
     def __init__(self, data_dir: str | Path | None = None, public: bool = True, max_chars: int = 1500,
                  eval_percent: int = 10) -> None:
-        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.data_dir = data_dir  # None: wherever scalelab/data_sources.py finds each set
         self.public = public
         self.max_chars = max_chars
         self.eval_percent = eval_percent
         self._public: list[Messages] | None = None
+        self.sets_used: dict[str, str] = {}  # set name -> file read, filled by public_conversations()
+        self.sets_missing: list[str] = []  # sets not found: their share goes to the synthetic part
 
     def _held_out(self, messages: Messages) -> bool:
         """Held out when any user turn is a held-out question: training never sees an evaluated question."""
@@ -168,14 +171,18 @@ class ConversationTask(Task):
 
     def public_conversations(self) -> list[Messages]:
         if self._public is None:
-            sources = [("fastchat_dummy_conversation/dummy_conversation.json", load_fastchat),
-                       ("oasst_en_100_trees/en_100_tree.jsonl", load_oasst),
-                       ("dolly_hhrlhf_small/dolly_hhrlhf_train_small.jsonl", load_dolly)]
+            sources = [("fastchat_dummy_conversation", "dummy_conversation.json", load_fastchat),
+                       ("oasst_en_100_trees", "en_100_tree.jsonl", load_oasst),
+                       ("dolly_hhrlhf_small", "dolly_hhrlhf_train_small.jsonl", load_dolly)]
             convs: list[Messages] = []
-            for rel, loader in sources:
-                path = self.data_dir / rel
-                if path.is_file():  # the synthetic part still works without the shared data
-                    convs += [c for c in loader(path) if _ok(c, self.max_chars)]
+            for name, fname, loader in sources:
+                try:
+                    path = data_file(self.data_dir, name, fname)
+                except UsageError:  # the synthetic part still works without the public sets
+                    self.sets_missing.append(name)
+                    continue
+                self.sets_used[name] = str(path)
+                convs += [c for c in loader(path) if _ok(c, self.max_chars)]
             self._public = convs
         return self._public
 

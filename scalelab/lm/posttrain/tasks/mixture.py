@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from scalelab.common import UsageError, progress
+from scalelab.common import UsageError, print0, progress
 from scalelab.lm.chat import validate_messages
 from scalelab.lm.posttrain.tasks.arithmetic import ArithmeticTask, GSM8KTask
 from scalelab.lm.posttrain.tasks.base import Example, Messages, Task, stable_hash
@@ -52,7 +52,7 @@ class MixtureConfig:
     max_chars: int = field(default=1500, metadata={"help": "longest public chat kept, characters (all turns)"})
     public_chats: bool = field(default=True, metadata={"help": "add OASST, Dolly and FastChat chats to conversation"})
     data_dir: str | None = field(default=None, metadata={
-        "help": "shared data folder (default: $SCALELAB_DATA or <repo>/../shared/data)"})
+        "help": "data folder holding the named sets (default: scalelab/data_sources.py: $SCALELAB_DATA, cache)"})
 
     def __post_init__(self) -> None:
         if self.n_train < 0 or self.n_eval < 0:
@@ -137,4 +137,19 @@ def build_mixture(cfg: MixtureConfig) -> tuple[list[Messages], dict[str, list[Ex
         if not isinstance(task, UserDataTask) and cfg.n_eval > 0:
             evals[name] = task.eval_examples(cfg.n_eval, seed=cfg.seed)
     random.Random(cfg.seed).shuffle(train)
+    for line in data_report([task for _, task, _ in entries]):
+        print0(line)
     return train, evals
+
+
+def data_report(tasks: list[Task]) -> list[str]:
+    """Which named data sets the mixture read, and which were missing (their share went to synthetic examples)."""
+    lines = []
+    for task in tasks:
+        used, missing = getattr(task, "sets_used", {}), getattr(task, "sets_missing", [])
+        for name, path in used.items():
+            lines.append(f"mixture data: task {task.name} uses {name} ({path})")
+        for name in missing:
+            lines.append(f"mixture data: task {task.name}: {name} not found, synthetic examples replace it "
+                         f"(`scalelab data pull {name}` fetches it)")
+    return lines
