@@ -102,19 +102,44 @@ def _is_safe_call(func: ast.expr) -> bool:
         and not func.attr.startswith("_") and hasattr(math, func.attr)
 
 
-def plan_tests(tests: list[str]) -> tuple[list[ast.expr], list[str]]:
+def module_names(code: str) -> set[str]:
+    """Names a script binds at module level (or declares ``global``): a test's ``sum`` is then the program's."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return set()
+    names = {n for node in ast.walk(tree) if isinstance(node, ast.Global) for n in node.names}
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif not isinstance(node, ast.Lambda | ast.comprehension | ast.ListComp | ast.SetComp | ast.DictComp |
+                            ast.GeneratorExp):
+            todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def plan_tests(tests: list[str], program_names: set[str] = frozenset()) -> tuple[list[ast.expr], list[str]]:
     """Each ``assert`` test -> (its condition with the program's parts replaced by holes, the holes' source).
 
-    What the judge can compute from plain values stays here; a call of anything but a few pure builtins, a name the
-    program defines, a comprehension or lambda becomes a hole the jail fills with a value."""
+    What the judge can compute from plain values stays here; a call of anything but a few pure builtins the program
+    does not redefine (``program_names``), a name the program defines, a comprehension or lambda becomes a hole the
+    jail fills with a value."""
     holes: list[str] = []
 
+    def safe(func: ast.expr) -> bool:
+        root = func.value if isinstance(func, ast.Attribute) else func
+        return _is_safe_call(func) and isinstance(root, ast.Name) and root.id not in program_names
+
     def lower(node: ast.expr) -> ast.expr:
-        if isinstance(node, ast.Name) and node.id in SAFE_NAMES:
+        if isinstance(node, ast.Name | ast.Attribute) and safe(node):
             return node
-        if isinstance(node, ast.Attribute) and _is_safe_call(node):
-            return node
-        if isinstance(node, ast.Call) and _is_safe_call(node.func) and \
+        if isinstance(node, ast.Call) and safe(node.func) and \
                 not any(isinstance(a, ast.Starred) for a in node.args) and all(k.arg for k in node.keywords):
             return ast.Call(node.func, [lower(a) for a in node.args],
                             [ast.keyword(k.arg, lower(k.value)) for k in node.keywords])
@@ -401,7 +426,7 @@ def run_tests(program: str, tests: list[str], setup: str = "", timeout_s: float 
     ``unsafe=True`` runs without the jail when there is none (the user's ``--unsafe-exec``); otherwise a machine
     without a working jail raises ``SandboxUnavailable``."""
     start = time.perf_counter()
-    conditions, holes = plan_tests(tests)
+    conditions, holes = plan_tests(tests, module_names(program) | module_names(setup))
     status = jail_status()
     if not status.available and not unsafe:
         raise SandboxUnavailable(status.reason)
@@ -411,7 +436,7 @@ def run_tests(program: str, tests: list[str], setup: str = "", timeout_s: float 
     out, returncode, timed_out, problem = _launch(job, timeout_s, unsafe=not jailed)
     values, program_error = parse_values(out["values"], len(holes))
     n_ok, first = judge(tests, conditions, values)
-    passed = bool(tests) and n_ok == len(tests) and not problem and not program_error
+    passed = bool(tests) and n_ok == len(tests) and not (problem or program_error or timed_out)
     if returncode is not None and returncode < 0 and -returncode == signal.SIGXCPU:
         timed_out = True
     error = problem or program_error or first
