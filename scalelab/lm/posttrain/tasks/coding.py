@@ -11,8 +11,9 @@
 top-level packages are held out for evaluation by a hash of their name (``json`` and ``json.decoder`` fall on the
 same side). The score is token F1 of the answer's body against the real body, counted only when the answer parses.
 *mbpp* (Austin et al. 2021, ``shared/data/mbpp``) keeps the paper's split: tasks 11-510 evaluate, 511-974 train,
-1-10 are few-shot examples. Its score is pass@1: the answer runs in ``sandbox.run_tests``'s jail and its three asserts are
-judged outside it; with no jail on the machine scoring refuses (``SandboxUnavailable``) unless ``unsafe_exec`` is set.
+1-10 are few-shot examples. Its score is pass@1: the answer runs in the jail of ``sandbox.run_tests`` and its three
+asserts are judged outside it; with no jail on the machine scoring refuses (``SandboxUnavailable``) unless
+``unsafe_exec`` is set.
 """
 
 from __future__ import annotations

@@ -28,8 +28,10 @@ import builtins
 import functools
 import json
 import math
+import operator
 import os
 import platform
+import reprlib
 import selectors
 import shutil
 import signal
@@ -84,9 +86,18 @@ class JailStatus:
 
 # ---------------------------------------------------------------------------------------------- the judge
 
-SAFE_NAMES = {n: getattr(builtins, n) for n in ("abs", "all", "any", "bool", "bytes", "chr", "complex", "dict", "divmod", "enumerate",
-                        "float", "frozenset", "hex", "int", "isinstance", "len", "list", "max", "min", "oct", "ord",
-                        "range", "repr", "reversed", "round", "set", "sorted", "str", "sum", "tuple", "type", "zip")}
+SAFE_NAMES = {n: getattr(builtins, n) for n in (
+    "abs", "all", "any", "bool", "bytes", "chr", "complex", "dict", "divmod", "enumerate", "float", "frozenset", "hex",
+    "int", "isinstance", "len", "list", "max", "min", "oct", "ord", "range", "repr", "reversed", "round", "set",
+    "sorted", "str", "sum", "tuple", "type", "zip")}
+_COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+            ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
+            ast.NotIn: lambda a, b: a not in b, ast.Is: operator.is_, ast.IsNot: operator.is_not}
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.BitAnd: operator.and_,
+           ast.BitOr: operator.or_, ast.BitXor: operator.xor, ast.LShift: operator.lshift,
+           ast.RShift: operator.rshift}
+_UNARY = {ast.Not: operator.not_, ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
 _STRUCTURAL = (ast.Constant, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp,
                ast.Subscript, ast.Slice, ast.IfExp)
 
@@ -190,29 +201,20 @@ def _judge_eval(node: ast.expr, values: dict[int, tuple[str, object]]) -> object
                 return result
         return result
     if isinstance(node, ast.UnaryOp):
-        x = ev(node.operand)
-        return {ast.Not: lambda: not x, ast.USub: lambda: -x, ast.UAdd: lambda: +x,
-                ast.Invert: lambda: ~x}[type(node.op)]()
+        return _UNARY[type(node.op)](ev(node.operand))
     if isinstance(node, ast.BinOp):
         a, b = ev(node.left), ev(node.right)
-        if isinstance(node.op, ast.Pow) and isinstance(b, int) and abs(b) > 10_000 and a not in (0, 1, -1):
-            raise _Failed("exponent too large for the judge")
-        ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b, ast.Div: lambda: a / b,
-               ast.FloorDiv: lambda: a // b, ast.Mod: lambda: a % b, ast.Pow: lambda: a ** b,
-               ast.BitAnd: lambda: a & b, ast.BitOr: lambda: a | b, ast.BitXor: lambda: a ^ b,
-               ast.LShift: lambda: a << b if b <= 10_000 else _too_big(), ast.RShift: lambda: a >> b}
-        if type(node.op) not in ops:
+        big = isinstance(b, int) and abs(b) > 10_000
+        if big and (isinstance(node.op, ast.LShift) or (isinstance(node.op, ast.Pow) and a not in (0, 1, -1))):
+            raise _Failed("a power or shift too large for the judge")
+        if type(node.op) not in _BINARY:
             raise _Failed(f"operator {type(node.op).__name__} not supported by the judge")
-        return ops[type(node.op)]()
+        return _BINARY[type(node.op)](a, b)
     if isinstance(node, ast.Compare):
         left = ev(node.left)
         for op, comp in zip(node.ops, node.comparators):
             right = ev(comp)
-            ok = {ast.Eq: lambda: left == right, ast.NotEq: lambda: left != right, ast.Lt: lambda: left < right,
-                  ast.LtE: lambda: left <= right, ast.Gt: lambda: left > right, ast.GtE: lambda: left >= right,
-                  ast.In: lambda: left in right, ast.NotIn: lambda: left not in right,
-                  ast.Is: lambda: left is right, ast.IsNot: lambda: left is not right}[type(op)]()
-            if not ok:
+            if not _COMPARE[type(op)](left, right):
                 return False
             left = right
         return True
@@ -225,10 +227,6 @@ def _judge_eval(node: ast.expr, values: dict[int, tuple[str, object]]) -> object
     if isinstance(node, ast.Call):
         return ev(node.func)(*[ev(a) for a in node.args], **{k.arg: ev(k.value) for k in node.keywords})
     raise _Failed(f"{type(node).__name__} not supported by the judge")
-
-
-def _too_big() -> None:
-    raise _Failed("shift too large for the judge")
 
 
 def parse_values(raw: bytes, n_holes: int) -> tuple[dict[int, tuple[str, object]], str]:
@@ -262,13 +260,22 @@ def parse_values(raw: bytes, n_holes: int) -> tuple[dict[int, tuple[str, object]
     return values, program_error
 
 
-def judge(tests: list[str], conditions: list[ast.expr], values: dict[int, tuple[str, object]]) -> tuple[int, str]:
+def _got(cond: ast.expr, values: dict[int, tuple[str, object]], holes: list[str]) -> str:
+    """' (got f(1) = 3)': what the program's parts of a failed test evaluated to."""
+    shown = [f"{holes[i]} = {reprlib.repr(values[i][1])}" for node in ast.walk(cond)
+             if isinstance(node, ast.Name) and node.id.startswith("__hole_")
+             and (i := int(node.id[7:])) in values and values[i][0] == "ok"]
+    return f" (got {'; '.join(shown)})" if shown else ""
+
+
+def judge(tests: list[str], conditions: list[ast.expr], values: dict[int, tuple[str, object]],
+          holes: list[str]) -> tuple[int, str]:
     """(how many tests hold, the first failure's reason)."""
     passed, first = 0, ""
     for k, cond in enumerate(conditions):
         try:
             ok = bool(_judge_eval(cond, values))
-            reason = "" if ok else f"test {k + 1} failed: {tests[k].strip()}"[:300]
+            reason = "" if ok else f"test {k + 1} failed: {tests[k].strip()}{_got(cond, values, holes)}"[:400]
         except _Failed as exc:
             ok, reason = False, f"test {k + 1}: {exc}"
         except Exception as exc:  # noqa: BLE001 - comparisons of the values themselves (TypeError, ...)
@@ -306,8 +313,8 @@ def jail_binds() -> list[str]:
 
 
 def bwrap_path() -> str | None:
-    return shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap", "/usr/local/bin/bwrap") if os.access(p, os.X_OK)),
-                                         None)
+    found = shutil.which("bwrap")
+    return found or next((p for p in ("/usr/bin/bwrap", "/usr/local/bin/bwrap") if os.access(p, os.X_OK)), None)
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -435,7 +442,7 @@ def run_tests(program: str, tests: list[str], setup: str = "", timeout_s: float 
            "file_mb": disk_mb, "cpu_s": max(1, math.ceil(timeout_s) + 1)}
     out, returncode, timed_out, problem = _launch(job, timeout_s, unsafe=not jailed)
     values, program_error = parse_values(out["values"], len(holes))
-    n_ok, first = judge(tests, conditions, values)
+    n_ok, first = judge(tests, conditions, values, holes)
     passed = bool(tests) and n_ok == len(tests) and not (problem or program_error or timed_out)
     if returncode is not None and returncode < 0 and -returncode == signal.SIGXCPU:
         timed_out = True
