@@ -40,8 +40,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 STATUS = jail_status()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _jail_required() -> None:
+@pytest.fixture(scope="module")
+def jail() -> None:
+    """Tests that need the jail: skipped without one, failed without one under CI (which installs it)."""
     if not STATUS.available:
         if IN_CI:
             pytest.fail(f"CI must run the sandbox tests, but the jail does not work here: {STATUS.reason}")
@@ -364,6 +365,9 @@ RESOURCES = [
     Hostile("recursion_bomb", "def attack():\n    return attack()", expect="RecursionError", how="interpreter"),
     Hostile("open_files_bomb", "def attack():\n    fs = [open('/dev/null') for _ in range(100000)]\n    return True",
             expect="Too many open files", how="RLIMIT_NOFILE"),
+    Hostile("inode_bomb", "def attack():\n    n = 0\n    while True:\n        open(f'/tmp/{n}', 'w').close()\n"
+            "        n += 1", timeout_s=HANG_S, expect="timeout",
+            how="partly: no inode quota; bounded by the wall clock, freed with the jail's tmpfs"),
     Hostile("cpu_limit_signal_ignored", "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
             "def attack():\n    while True:\n        pass", timeout_s=HANG_S, expect="timeout",
             how="wall clock (and RLIMIT_CPU)"),
@@ -373,7 +377,7 @@ HOSTILE = FILES + READS + PROCESSES + NETWORK + KILLS + FORGERIES + TIME + RESOU
 
 
 @pytest.fixture(scope="module")
-def arena(tmp_path_factory: pytest.TempPathFactory):
+def arena(jail: None, tmp_path_factory: pytest.TempPathFactory):
     """Canary files, listeners, a victim process and a secret; then every hostile program, run in parallel."""
     base = tmp_path_factory.mktemp("arena")
     token = os.urandom(6).hex()
@@ -513,14 +517,14 @@ HONEST = [
 
 
 @pytest.mark.parametrize("name,code,tests,expected", HONEST, ids=[h[0] for h in HONEST])
-def test_honest_programs_are_judged_right(name: str, code: str, tests: list[str], expected: bool) -> None:
+def test_honest_programs_are_judged_right(name: str, code: str, tests: list[str], expected: bool, jail: None) -> None:
     setup = "root = Node(1)\nroot.left = Node(2)\n" if name == "setup_after_program" else ""
     res = run_tests(code, tests, setup=setup, timeout_s=10)
     assert res.passed is expected, res
     assert res.tests_total == len(tests)
 
 
-def test_run_python_judges_the_trailing_asserts() -> None:
+def test_run_python_judges_the_trailing_asserts(jail: None) -> None:
     assert run_python("def add(a, b):\n    return a + b\nassert add(2, 3) == 5\n").passed
     res = run_python("def add(a, b):\n    return a - b\nassert add(2, 3) == 5\n")
     assert not res.passed and res.error.startswith("test 1 failed")
@@ -572,7 +576,53 @@ def test_no_jail_refuses_unless_unsafe(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not forked.passed and "Operation not permitted" in forked.error
 
 
-def test_wall_clock_bounds_a_silent_hang() -> None:
+def test_wall_clock_bounds_a_silent_hang(jail: None) -> None:
     t0 = time.monotonic()
     res = run_tests("import time\ntime.sleep(100)\n", ["assert 1 == 1"], timeout_s=1)
     assert res.timed_out and not res.passed and time.monotonic() - t0 < 1 + sandbox.KILL_GRACE_S + 2
+
+
+# ----------------------------------------------------------------------------------------------- scalelab eval
+
+
+def _tiny_run(root: Path):
+    import dataclasses
+
+    import torch
+
+    from scalelab.lm.checkpoint import save_checkpoint
+    from scalelab.lm.data.tokenizer import save_tokenizer, train_tokenizer
+    from scalelab.lm.model import GPT, ModelConfig
+    from scalelab.runs import RunDir
+
+    tok = train_tokenizer(["def add(a, b):\n    return a + b\nassert add(1, 2) == 3\n"] * 50, vocab_size=300)
+    run = RunDir(root)
+    save_tokenizer(tok, run.tokenizer_dir)
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=1, n_embd=32, n_head=1, n_kv_head=1, max_seq_len=64)
+    torch.manual_seed(0)
+    save_checkpoint(run, "base", 1, GPT(cfg), {"model_config": dataclasses.asdict(cfg)})
+    return run
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "mbpp").is_dir(), reason="shared MBPP data not present")
+def test_eval_without_a_jail_skips_mbpp_unless_unsafe_exec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from scalelab.cli.evaluate import main
+
+    run = _tiny_run(tmp_path / "run")
+    args = ["--run", str(run.root), "--stage", "base", "--tasks", "mbpp", "arithmetic", "--limit", "2",
+            "--max-new-tokens", "8", "--device", "cpu", "--mc", "off"]
+    monkeypatch.setattr(sandbox, "jail_status", lambda: JailStatus(False, "bwrap not installed (test)"))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    refusal = [line for line in out.splitlines() if line.startswith("mbpp not run")]
+    assert len(refusal) == 1 and "--unsafe-exec" in refusal[0] and "bwrap not installed" in refusal[0]
+    res = json.loads(run.eval_json("base").read_text())
+    assert "mbpp" not in res["tasks"] and "arithmetic" in res["tasks"]
+    assert "--unsafe-exec" in res["skipped_tasks"]["mbpp"] and re.search(r"^mbpp +skipped", out, re.M)
+    assert main([*args, "--unsafe-exec"]) == 0
+    assert "warning: --unsafe-exec" in capsys.readouterr().out
+    res = json.loads(run.eval_json("base").read_text())
+    assert res["tasks"]["mbpp"]["n"] == 2 and "skipped_tasks" not in res

@@ -5,7 +5,9 @@ the next question would start; the chat model is prompted through the chat templ
 ``<|end|>``. Prompts are generated in batches (``engine.generate_batch``), greedily by default, so a score is
 reproducible. Multiple-choice sets (ARC, HellaSwag, PIQA, ...; scalelab/lm/posttrain/multiple_choice.py) are scored by
 log-likelihood when the model is large enough for them to mean anything (``--mc auto``: ``--mc-min-params``), or
-always with ``--mc on``. Results go to ``<run>/eval/<stage>.json`` (RunDir.eval_json) and a table is printed.
+always with ``--mc on``. Tasks that run model-written code (mbpp) need the sandbox's jail (bubblewrap); without one
+they are skipped with a one-line reason, unless ``--unsafe-exec``. Results go to ``<run>/eval/<stage>.json``
+(RunDir.eval_json) and a table is printed.
 
     scalelab eval --run runs/demo --stage chat --limit 50
     scalelab eval --run runs/demo --stage base --tasks arithmetic spelling --mc on --mc-limit 100
@@ -266,6 +268,8 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [("task", "score", "n", "seconds")]
     for name, r in result.get("tasks", {}).items():
         rows.append((name, f"{r['score']:.3f}", str(r["n"]), f"{r.get('seconds', 0):.1f}"))
+    for name in result.get("skipped_tasks") or {}:
+        rows.append((name, "skipped", "0", "-"))   # not a zero score: the reason was printed and is in the JSON
     rows.append(("mean", f"{result.get('mean_score', 0):.3f}", "", f"{result.get('seconds', 0):.1f}"))
     for name, r in (result.get("multiple_choice") or {}).items():
         rows.append((f"mc:{name}", f"{r['accuracy_norm']:.3f}", str(r["n"]), f"{r.get('seconds', 0):.1f}"))
@@ -273,8 +277,6 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}" for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - len(result.get("multiple_choice") or {}) - 1, "-" * len(lines[0]))
-    for name, why in (result.get("skipped_tasks") or {}).items():
-        lines.append(f"{name} {why}")
     if result.get("multiple_choice_skipped"):
         lines.append(f"multiple choice skipped: {result['multiple_choice_skipped']}")
     return f"eval of stage '{result.get('stage')}' (step {result.get('step')}):\n" + "\n".join(lines)
