@@ -139,6 +139,9 @@ FILES = [
             "    if libc.mount(None, b'/', None, 32 | 1 << 5, None) != 0:\n"
             "        raise OSError(ctypes.get_errno(), 'mount')\n    return True",
             expect=r"Errno 1\b", how="seccomp (mount) + no capabilities"),
+    Hostile("write_dev_shm", "def attack():\n    with open('/dev/shm/big', 'wb') as f:\n        for _ in range(100):\n"
+            "            f.write(b'x' * 1024 ** 2)\n    return True", expect="Read-only",
+            how="/dev remounted read-only (only /tmp is writable)"),
     Hostile("leave_file_in_tmp", "def attack():\n    open('/tmp/scalelab-leak-$token', 'w').write('x')\n"
             "    return True", tests=NEVER, expect="test 1 failed",
             host_check=lambda a: _absent_path(Path(f"/tmp/scalelab-leak-{a['token']}")),
@@ -345,6 +348,13 @@ RESOURCES = [
             "def attack():\n    ts = [threading.Thread(target=grab) for _ in range(4)]\n    [t.start() for t in ts]\n"
             "    [t.join() for t in ts]\n    return len(held) == 4", expect="test 1 failed",
             how="RLIMIT_AS covers every thread"),
+    Hostile("memory_via_memfd", "import os\ndef attack():\n    fds = [os.memfd_create(f'm{i}') for i in range(40)]\n"
+            "    for fd in fds:\n        os.write(fd, b'x' * (30 * 1024 ** 2))\n    return True",
+            expect="Operation not permitted", how="seccomp: memfd_create (memory outside RLIMIT_AS)"),
+    Hostile("memory_via_sysv_shm", "import ctypes\ndef attack():\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+            "    for _ in range(8):\n        if libc.shmget(0, 200 * 1024 ** 2, 0o1600) < 0:\n"
+            "            raise OSError(ctypes.get_errno(), 'shmget')\n    return True", expect=r"Errno 1\b",
+            how="seccomp: System V IPC"),
     Hostile("memory_via_tmpfs", "def attack():\n    with open('/tmp/big', 'wb') as f:\n        for _ in range(200):\n"
             "            f.write(b'x' * 1024 ** 2)\n    return True", expect="No space left|File too large",
             how="tmpfs size quota"),

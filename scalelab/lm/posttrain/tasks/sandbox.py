@@ -401,7 +401,7 @@ def _launch(job: dict, timeout_s: float, unsafe: bool) -> tuple[dict[str, bytes]
             cmd = [bwrap_path() or "bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
                    "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                    "--hostname", "sandbox", "--clearenv", *[x for k, v in env.items() for x in ("--setenv", k, v)],
-                   *jail_binds(), "--dev", "/dev", "--size", str(disk), "--tmpfs", "/tmp",
+                   *jail_binds(), "--dev", "/dev", "--remount-ro", "/dev", "--size", str(disk), "--tmpfs", "/tmp",
                    "--dir", JAIL_DIR, "--ro-bind", str(RUNNER), f"{JAIL_DIR}/runner.py",
                    "--ro-bind-data", str(job_fd), f"{JAIL_DIR}/job.json", "--seccomp", str(sec_fd),
                    "--remount-ro", "/", "--chdir", "/tmp",

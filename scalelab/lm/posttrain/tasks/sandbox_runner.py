@@ -29,30 +29,33 @@ import types
 
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 # Syscalls refused with EPERM: process creation and the kernel interfaces an evaluated program never needs (module
-# loading, mounts, namespaces, ptrace and cross-process memory, BPF, keyrings, io_uring, userfaultfd).
-_DENY = ["ptrace", "process_vm_readv", "process_vm_writev", "unshare", "setns", "mount", "umount2", "pivot_root",
-         "chroot", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "kexec_load",
-         "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct",
-         "io_uring_setup", "io_uring_enter", "io_uring_register", "open_by_handle_at", "name_to_handle_at",
-         "personality", "kcmp", "pidfd_getfd", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree",
-         "mount_setattr", "quotactl"]
+# loading, mounts, namespaces, ptrace and cross-process memory, BPF, keyrings, io_uring, userfaultfd), and the memory
+# that RLIMIT_AS does not count (System V shared memory and message queues, memfd files).
+_DENY = ["shmget", "msgget", "semget", "memfd_create", "memfd_secret", "ptrace", "process_vm_readv",
+         "process_vm_writev", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "keyctl", "add_key",
+         "request_key", "bpf", "perf_event_open", "userfaultfd", "kexec_load", "kexec_file_load", "init_module",
+         "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct", "io_uring_setup", "io_uring_enter",
+         "io_uring_register", "open_by_handle_at", "name_to_handle_at", "personality", "kcmp", "pidfd_getfd",
+         "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr", "quotactl"]
 SYSCALLS = {
-    "x86_64": dict(fork=57, vfork=58, clone=56, clone3=435, execve=59, execveat=322, ptrace=101,
-                   process_vm_readv=310, process_vm_writev=311, unshare=272, setns=308, mount=165, umount2=166,
-                   pivot_root=155, chroot=161, keyctl=250, add_key=248, request_key=249, bpf=321,
-                   perf_event_open=298, userfaultfd=323, kexec_load=246, kexec_file_load=320, init_module=175,
-                   finit_module=313, delete_module=176, reboot=169, swapon=167, swapoff=168, acct=163,
-                   io_uring_setup=425, io_uring_enter=426, io_uring_register=427, open_by_handle_at=304,
-                   name_to_handle_at=303, personality=135, kcmp=312, pidfd_getfd=438, fsopen=430, fsconfig=431,
-                   fsmount=432, fspick=433, move_mount=429, open_tree=428, mount_setattr=442, quotactl=179),
-    "aarch64": dict(clone=220, clone3=435, execve=221, execveat=281, ptrace=117, process_vm_readv=270,
-                    process_vm_writev=271, unshare=97, setns=268, mount=40, umount2=39, pivot_root=41, chroot=51,
-                    keyctl=219, add_key=217, request_key=218, bpf=280, perf_event_open=241, userfaultfd=282,
-                    kexec_load=104, kexec_file_load=294, init_module=105, finit_module=273, delete_module=106,
-                    reboot=142, swapon=224, swapoff=225, acct=89, io_uring_setup=425, io_uring_enter=426,
-                    io_uring_register=427, open_by_handle_at=265, name_to_handle_at=264, personality=92, kcmp=272,
-                    pidfd_getfd=438, fsopen=430, fsconfig=431, fsmount=432, fspick=433, move_mount=429,
-                    open_tree=428, mount_setattr=442, quotactl=60),
+    "x86_64": dict(shmget=29, msgget=68, semget=64, memfd_create=319, memfd_secret=447, fork=57, vfork=58, clone=56,
+                   clone3=435, execve=59, execveat=322, ptrace=101, process_vm_readv=310, process_vm_writev=311,
+                   unshare=272, setns=308, mount=165, umount2=166, pivot_root=155, chroot=161, keyctl=250,
+                   add_key=248, request_key=249, bpf=321, perf_event_open=298, userfaultfd=323, kexec_load=246,
+                   kexec_file_load=320, init_module=175, finit_module=313, delete_module=176, reboot=169, swapon=167,
+                   swapoff=168, acct=163, io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
+                   open_by_handle_at=304, name_to_handle_at=303, personality=135, kcmp=312, pidfd_getfd=438,
+                   fsopen=430, fsconfig=431, fsmount=432, fspick=433, move_mount=429, open_tree=428,
+                   mount_setattr=442, quotactl=179),
+    "aarch64": dict(shmget=194, msgget=186, semget=190, memfd_create=279, memfd_secret=447, clone=220, clone3=435,
+                    execve=221, execveat=281, ptrace=117, process_vm_readv=270, process_vm_writev=271, unshare=97,
+                    setns=268, mount=40, umount2=39, pivot_root=41, chroot=51, keyctl=219, add_key=217,
+                    request_key=218, bpf=280, perf_event_open=241, userfaultfd=282, kexec_load=104,
+                    kexec_file_load=294, init_module=105, finit_module=273, delete_module=106, reboot=142, swapon=224,
+                    swapoff=225, acct=89, io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
+                    open_by_handle_at=265, name_to_handle_at=264, personality=92, kcmp=272, pidfd_getfd=438,
+                    fsopen=430, fsconfig=431, fsmount=432, fspick=433, move_mount=429, open_tree=428,
+                    mount_setattr=442, quotactl=60),
 }
 _EPERM, _ENOSYS = 1, 38
 _RET_ALLOW, _RET_KILL, _RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
