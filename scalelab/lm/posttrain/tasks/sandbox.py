@@ -9,7 +9,7 @@ The jail (``bwrap``, Debian package ``bubblewrap``; ``scripts/setup_sandbox.sh``
 - its own user, PID, network, IPC, UTS and cgroup namespaces: no network but its own loopback, nothing else to see
   or signal, and the whole tree dies with it (``--die-with-parent``; the evaluator kills it at the wall-clock limit);
 - a read-only root made only of the interpreter and the system libraries (no /etc, /home, /proc, working tree), and
-  one writable ``/tmp``, a tmpfs of ``disk_mb``; an environment of three variables;
+  one writable ``/tmp``, a tmpfs of ``disk_mb``; only PATH, HOME, LANG and PYTHONDONTWRITEBYTECODE in the environment;
 - a seccomp filter: no new process (threads only), no exec after start, none of the kernel's privileged interfaces;
   one process under RLIMIT_AS is then a whole-tree memory limit (the tmpfs quota adds at most ``disk_mb``).
 The pass is decided here, never by the program: each test ``assert <expr>`` is split into the parts that need the
@@ -449,7 +449,7 @@ def run_tests(program: str, tests: list[str], setup: str = "", timeout_s: float 
     error = problem or program_error or first
     if not passed and not error:
         error = f"exit status {returncode}"
-    return SandboxResult(passed, returncode, timed_out and not passed, out["stdout"].decode("utf-8", "replace"),
+    return SandboxResult(passed, returncode, timed_out, out["stdout"].decode("utf-8", "replace"),
                          out["stderr"].decode("utf-8", "replace"), time.perf_counter() - start, n_ok, len(tests),
                          "" if passed else error, jailed)
 
