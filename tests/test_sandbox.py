@@ -297,10 +297,10 @@ FORGERIES = [
             "def pair(a):\n    return L()\n", tests=["assert pair(1) == [1, 1]"], expect="test 1 failed",
             how="subclasses reduced to their base type"),
     Hostile("forge_override_builtins", WRONG_ADD + "import builtins, math\nbuiltins.AssertionError = type('X', "
-            "(Exception,), {})\nbuiltins.bool = lambda *a: True\nbuiltins.len = lambda *a: 2\n"
+            "(Exception,), {})\nbuiltins.len = lambda *a: 2\n"
             "math.isclose = lambda *a, **k: True\n", tests=["assert math.isclose(add(0.1, 0.2), 0.3)",
                                                              "assert len([add(1, 1)]) == 2"],
-            expect="test 1", how="the judge's builtins are its own"),
+            expect="test 1 failed", how="the judge's builtins are its own"),
     Hostile("forge_read_expected_answer", "import gc, json\ndef add(a, b):\n    found = [s for s in "
             "json.load(open('/run/scalelab/job.json'))['expressions']]\n    found += [o for o in gc.get_objects() "
             "if isinstance(o, str) and '==' in o]\n    print(found)\n    return 5\n", tests=ADD_TESTS,
@@ -548,6 +548,8 @@ def test_plan_keeps_the_expected_answer_outside() -> None:
     assert "secret-answer" in ast.unparse(conds[0]) and not any("secret" in h for h in holes)
     _, holes = plan_tests(["assert len(f()) == 2"], program_names={"len"})
     assert holes == ["len(f())"]     # the program's own len
+    assert sandbox.module_names("import math, numpy as np\nfrom os import sep as len\ndef f():\n    x = 1\n") == \
+        {"np", "len", "f"}           # a plain ``import math`` leaves the judge its own math
     with pytest.raises(ValueError, match="assert"):
         plan_tests(["print(1)"])
 

@@ -48,7 +48,7 @@ from scalelab.lm.posttrain.tasks.sandbox_runner import SYSCALLS, decode, seccomp
 RUNNER = Path(sandbox_runner.__file__)
 JAIL_DIR = "/run/scalelab"          # where the runner and the job appear inside the jail
 OUTPUT_CAP = 64 * 1024              # bytes of stdout / stderr kept (the rest is read and dropped)
-VALUES_CAP = 16 * 1024 * 1024       # bytes of test values accepted; more ends the run as a failure
+VALUES_CAP = 4 * 1024 * 1024        # bytes of test values accepted; more ends the run as a failure
 KILL_GRACE_S = 2.0                  # after a kill or exit, how long to wait for the pipes to close
 
 
@@ -125,8 +125,10 @@ def module_names(code: str) -> set[str]:
         node = todo.pop()
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(node.name)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Import):   # ``import math`` is the judge's math too; ``import numpy as math`` is not
+            names.update(a.asname for a in node.names if a.asname and a.asname != a.name)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             names.add(node.id)
         elif not isinstance(node, ast.Lambda | ast.comprehension | ast.ListComp | ast.SetComp | ast.DictComp |
