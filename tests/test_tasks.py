@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from scalelab.lm.posttrain.tasks.coding import MBPPTask, StdlibCodeTask
 from scalelab.lm.posttrain.tasks.conversation import ConversationTask, rewrite_identity
 from scalelab.lm.posttrain.tasks.emails import EmailTask
 from scalelab.lm.posttrain.tasks.mixture import MixtureConfig, build_mixture, split_counts
-from scalelab.lm.posttrain.tasks.sandbox import run_python
 from scalelab.lm.posttrain.tasks.summarise import SummariseTask
 from scalelab.lm.special_tokens import END
 
@@ -152,7 +150,7 @@ def _train_modules(task: StdlibCodeTask) -> set[str]:
 
 @needs_sets("mbpp")
 def test_mbpp_pass_at_1_and_split() -> None:
-    task = MBPPTask(timeout_s=5)
+    task = MBPPTask(timeout_s=5, unsafe_exec=True)   # jailed wherever a jail works
     ex = task.eval_examples(3, seed=0)[0]
     row = next(r for r in task.rows() if f"mbpp-{r['task_id']}" == ex.id)
     assert 11 <= row["task_id"] <= 510
@@ -164,36 +162,7 @@ def test_mbpp_pass_at_1_and_split() -> None:
     assert not train_ids & {e.prompt_text() for e in task.eval_examples(500, 0)}
 
 
-# ----------------------------------------------------------------------------------------------- sandbox
-
-def test_sandbox_correct_solution_passes() -> None:
-    res = run_python("def add(a, b):\n    return a + b\nassert add(2, 3) == 5\n", timeout_s=5)
-    assert res.passed, res.stderr
-
-
-def test_sandbox_write_outside_fails(tmp_path: Path) -> None:
-    target = tmp_path / "escaped.txt"
-    for code in (f"open({str(target)!r}, 'w').write('x')", f"import pathlib; pathlib.Path({str(target)!r}).touch()",
-                 f"import os; os.close(os.open({str(target)!r}, os.O_CREAT | os.O_WRONLY))",
-                 f"import shutil; shutil.rmtree({str(tmp_path)!r})"):
-        res = run_python(code + "\nassert True\n", timeout_s=5)
-        assert not res.passed and "sandbox" in res.stderr, code
-    assert not target.exists() and tmp_path.is_dir()
-    inside = run_python("open('scratch.txt', 'w').write('ok')\nassert open('scratch.txt').read() == 'ok'\n")
-    assert inside.passed, inside.stderr
-
-
-def test_sandbox_infinite_loop_is_stopped() -> None:
-    start = time.perf_counter()
-    res = run_python("while True:\n    pass\n", timeout_s=1.5)
-    assert not res.passed and res.timed_out
-    assert time.perf_counter() - start < 5
-
-
-def test_sandbox_memory_limit_and_early_exit() -> None:
-    assert not run_python("x = bytearray(2 * 1024 ** 3)\n", memory_mb=512).passed
-    assert not run_python("import sys\nsys.exit(0)\nassert False\n").passed          # exit before the asserts
-    assert not run_python("import subprocess\nsubprocess.run(['true'])\n").passed
+# the sandbox that runs MBPP answers: tests/test_sandbox.py
 
 
 # ----------------------------------------------------------------------------------------------- conversation

@@ -5,7 +5,9 @@ the next question would start; the chat model is prompted through the chat templ
 ``<|end|>``. Prompts are generated in batches (``engine.generate_batch``), greedily by default, so a score is
 reproducible. Multiple-choice sets (ARC, HellaSwag, PIQA, ...; scalelab/lm/posttrain/multiple_choice.py) are scored by
 log-likelihood when the model is large enough for them to mean anything (``--mc auto``: ``--mc-min-params``), or
-always with ``--mc on``. Results go to ``<run>/eval/<stage>.json`` (RunDir.eval_json) and a table is printed.
+always with ``--mc on``. Tasks that run model-written code (mbpp) need the sandbox's jail (bubblewrap); without one
+they are skipped with a one-line reason, unless ``--unsafe-exec``. Results go to ``<run>/eval/<stage>.json``
+(RunDir.eval_json) and a table is printed.
 
     scalelab eval --run runs/demo --stage chat --limit 50
     scalelab eval --run runs/demo --stage base --tasks arithmetic email --mc on --mc-limit 100
@@ -58,6 +60,9 @@ class EvalConfig:
         "help": "with --mc auto, score multiple choice only for models with at least this many parameters"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
     dtype: str = field(default="fp32", metadata={"help": "weights dtype for evaluation: fp32, bf16 or fp16"})
+    unsafe_exec: bool = field(default=False, metadata={
+        "help": "where no sandbox jail (bubblewrap) works, run model-written code (mbpp) anyway, as a plain process "
+                "that can read and write your files and use the network; without it such tasks are skipped"})
 
 
 # A completer turns prompts (token ids) into decoded completions; tests pass a stub.
@@ -166,6 +171,27 @@ def require_chat_template(run: RunDir) -> None:
                          "with `scalelab tokenizer` or evaluate with --stage base")
 
 
+def gate_code_execution(tasks: dict[str, Any], unsafe_exec: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tasks that run model-written code need the sandbox's jail: without one they are skipped, with a one-line
+    reason, unless the user passed --unsafe-exec. Returns (tasks to run, {skipped task: why})."""
+    from scalelab.lm.posttrain.tasks.sandbox import jail_status
+
+    code_tasks = [name for name, task in tasks.items() if getattr(task, "executes_code", False)]
+    status = jail_status() if code_tasks else None
+    if status is None or status.available:
+        return tasks, {}
+    if unsafe_exec:
+        print0(f"warning: --unsafe-exec: {', '.join(code_tasks)} will run model-written code outside any jail, with "
+               f"your permissions ({status.reason})")
+        for name in code_tasks:
+            tasks[name].unsafe_exec = True
+        return tasks, {}
+    why = (f"not run: it executes model-written code and there is no sandbox ({status.reason}); install bubblewrap "
+           "(scripts/setup_sandbox.sh) or pass --unsafe-exec")
+    print0(f"{', '.join(code_tasks)} {why}")
+    return {n: t for n, t in tasks.items() if n not in code_tasks}, {n: why for n in code_tasks}
+
+
 def evaluate(cfg: EvalConfig, complete: Completer | None = None) -> dict[str, Any]:
     """Evaluate the run's ``cfg.stage`` checkpoint on every task; writes eval/<stage>.json and returns it."""
     from scalelab.lm.checkpoint import load_model
@@ -184,7 +210,7 @@ def evaluate(cfg: EvalConfig, complete: Completer | None = None) -> dict[str, An
     model, meta, step_dir = load_model(step_dir, device=device, dtype=torch_dtype(cfg.dtype))
     model.eval()
     params = model.num_params()
-    tasks = resolve_tasks(cfg.tasks, mixture_for(cfg, run))
+    tasks, skipped = gate_code_execution(resolve_tasks(cfg.tasks, mixture_for(cfg, run)), cfg.unsafe_exec)
     max_prompt = model.config.max_seq_len - cfg.max_new_tokens
     if max_prompt < 16:
         raise UsageError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a prompt in the model's "
@@ -205,6 +231,8 @@ def evaluate(cfg: EvalConfig, complete: Completer | None = None) -> dict[str, An
         "temperature": cfg.temperature, "tasks": results,
         "mean_score": sum(r["score"] for r in results.values()) / max(1, len(results)),
     }
+    if skipped:
+        out["skipped_tasks"] = skipped
     run_mc = cfg.mc == "on" or (cfg.mc == "auto" and params >= cfg.mc_min_params)
     if run_mc:
         out["multiple_choice"] = {}
@@ -228,6 +256,8 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [("task", "score", "n", "seconds")]
     for name, r in result.get("tasks", {}).items():
         rows.append((name, f"{r['score']:.3f}", str(r["n"]), f"{r.get('seconds', 0):.1f}"))
+    for name in result.get("skipped_tasks") or {}:
+        rows.append((name, "skipped", "0", "-"))   # not a zero score: the reason was printed and is in the JSON
     rows.append(("mean", f"{result.get('mean_score', 0):.3f}", "", f"{result.get('seconds', 0):.1f}"))
     for name, r in (result.get("multiple_choice") or {}).items():
         rows.append((f"mc:{name}", f"{r['accuracy_norm']:.3f}", str(r["n"]), f"{r.get('seconds', 0):.1f}"))

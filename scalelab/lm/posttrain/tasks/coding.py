@@ -11,7 +11,9 @@
 top-level packages are held out for evaluation by a hash of their name (``json`` and ``json.decoder`` fall on the
 same side). The score is token F1 of the answer's body against the real body, counted only when the answer parses.
 *mbpp* (Austin et al. 2021, ``shared/data/mbpp``) keeps the paper's split: tasks 11-510 evaluate, 511-974 train,
-1-10 are few-shot examples. Its score is pass@1: the answer and the three asserts run in ``sandbox.run_python``.
+1-10 are few-shot examples. Its score is pass@1: the answer runs in the jail of ``sandbox.run_tests`` and its three
+asserts are judged outside it; with no jail on the machine scoring refuses (``SandboxUnavailable``) unless
+``unsafe_exec`` is set.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from scalelab.lm.posttrain.tasks.base import (
     sample_pool,
     split_end,
 )
-from scalelab.lm.posttrain.tasks.sandbox import run_python
+from scalelab.lm.posttrain.tasks.sandbox import run_tests
 
 _CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
 _FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|$)", re.DOTALL)
@@ -197,11 +199,14 @@ class MBPPTask(Task):
 
     name = "mbpp"
     few_shot_stop = ("\n\nQuestion:", "\n[DONE]")
+    executes_code = True   # scoring runs model-written code: evaluation checks for the sandbox first
 
-    def __init__(self, data_dir: str | Path | None = None, timeout_s: float = 5.0, memory_mb: int = 512) -> None:
+    def __init__(self, data_dir: str | Path | None = None, timeout_s: float = 5.0, memory_mb: int = 512,
+                 unsafe_exec: bool = False) -> None:
         self.data_dir = data_dir
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
+        self.unsafe_exec = unsafe_exec
         self._rows: list[dict] | None = None
         self.sets_used: dict[str, str] = {}  # set name -> file read (the mixture reports it)
 
@@ -240,8 +245,9 @@ class MBPPTask(Task):
         text, ended = split_end(completion)
         code = extract_code(text)
         _, parses = answer_body(code)
-        program = "\n".join([example.reference["setup"], code, *example.reference["tests"]])
-        result = run_python(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb) if parses else None
+        # the setup code runs after the answer: MBPP's setup builds trees from the Node class the answer defines
+        result = run_tests(code, example.reference["tests"], setup=example.reference["setup"], timeout_s=self.timeout_s,
+                           memory_mb=self.memory_mb, unsafe=self.unsafe_exec) if parses else None
         passed = bool(result and result.passed)
         return {"score": float(passed), "parses": float(parses), "ended": float(ended),
                 "timeout": float(bool(result and result.timed_out))}
