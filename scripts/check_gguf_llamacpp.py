@@ -1,7 +1,7 @@
 """Check a GGUF export against llama.cpp itself (through llama-cpp-python): tokens, logits and greedy text.
 
     .venv/bin/pip install llama-cpp-python          # compiles llama.cpp (10+ minutes on 2 cores); optional
-    .venv/bin/python scripts/check_gguf_llamacpp.py --run runs/demo [--stage base] [--max-new-tokens 48]
+    .venv/bin/python scripts/check_gguf_llamacpp.py --run runs/demo [--stage base] [--max-tokens 48]
 
 For each prompt it feeds llama.cpp and our model the same ids (``<|bos|>`` + the text's tokens, after checking that
 llama.cpp's own tokenizer gives exactly those ids), then compares the logits of every position (max abs difference)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run folder with a checkpoint and a tokenizer")
     parser.add_argument("--stage", default=None, help="chat or base (default: chat if present, else base)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="greedy tokens per prompt")
+    parser.add_argument("--max-tokens", type=int, default=48, help="greedy tokens per prompt")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "gguf_llamacpp.json"),
                         help="where to write the results")
     args = parser.parse_args(argv)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             for prompt in PROMPTS:
                 ids = [0] + tok.encode(prompt).ids
                 theirs_tok = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-                budget = min(args.max_new_tokens, n_ctx - len(ids))
+                budget = min(args.max_tokens, n_ctx - len(ids))
                 t = time.perf_counter()
                 theirs, their_logits = llama_cpp_greedy(llm, ids, budget, eos=5)
                 t_cpp = time.perf_counter() - t

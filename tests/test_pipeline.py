@@ -78,7 +78,7 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
     # eval both stages on one task, then the report and one chat turn
     for stage in ("base", "chat"):
         out = _run(["eval", "--run", str(run.root), "--stage", stage, "--tasks", "arithmetic", "--limit", "4",
-                    "--max-new-tokens", "6", "--device", "cpu"], capsys)
+                    "--max-tokens", "6", "--device", "cpu"], capsys)
         assert "arithmetic" in out
         res = json.loads(run.eval_json(stage).read_text())
         assert res["tasks"]["arithmetic"]["n"] == 4 and 0.0 <= res["tasks"]["arithmetic"]["score"] <= 1.0

@@ -61,7 +61,7 @@ SHELL: dict[str, str] = {
         "scalelab sft --run runs/lm --max-steps 3 --data my_chats.jsonl:2 --conversations 200 --val-conversations 20 "
         "--tasks arithmetic:1 conversation:1 --batch-size 4 --preflight-steps 0 --sample-tokens 4 --dtype fp32",
     "scalelab eval --run runs/lm --stage chat":
-        "scalelab eval --run runs/lm --stage chat --limit 2 --max-new-tokens 8",
+        "scalelab eval --run runs/lm --stage chat --limit 2 --max-tokens 8",
     "scalelab report --run runs/lm": "scalelab report --run runs/lm",
     "scalelab chat --run runs/lm": "scalelab chat --run runs/lm --max-tokens 8",  # stdin: one line, then EOF
     'scalelab chat --run runs/lm --prompt "Who are you?"':

@@ -625,7 +625,7 @@ def test_eval_without_a_jail_skips_mbpp_unless_unsafe_exec(tmp_path: Path, monke
 
     run = _tiny_run(tmp_path / "run")
     args = ["--run", str(run.root), "--stage", "base", "--tasks", "mbpp", "arithmetic", "--limit", "2",
-            "--max-new-tokens", "8", "--device", "cpu", "--mc", "off"]
+            "--max-tokens", "8", "--device", "cpu", "--mc", "off"]
     monkeypatch.setattr(sandbox, "jail_status", lambda: JailStatus(False, "bwrap not installed (test)"))
     assert main(args) == 0
     out = capsys.readouterr().out

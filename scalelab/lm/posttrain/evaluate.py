@@ -37,15 +37,16 @@ class EvalConfig:
     """Score a checkpoint on every task (generation) and, for large enough models, on multiple-choice sets."""
 
     run: str = field(default="", metadata={"help": "run folder holding the checkpoint, e.g. runs/demo"})
-    stage: str = field(default="chat", metadata={"help": "which checkpoint: base (few-shot prompts) or chat (template)",
-                                                 "choices": ["base", "chat"]})
+    stage: str = field(default="", metadata={"help": "which checkpoint: base (few-shot prompts) or chat (template); "
+                                                     "empty = chat if present, else base", "choices": ["base", "chat"]})
     tasks: list[str] = field(default_factory=list, metadata={
         "help": "tasks to score; empty = every task of the mixture (the one SFT used, else the default)"})
     mixture_config: str = field(default="", metadata={
         "help": "MixtureConfig YAML giving the tasks and their options; '' = the run's SFT mixture or the default"})
     limit: int = field(default=50, metadata={"help": "examples per task; 0 = the task's default of 200"})
     seed: int = field(default=0, metadata={"help": "seed of the example draw and of sampling"})
-    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per answer at most"})
+    max_tokens: int = field(default=64, metadata={"ge": 1, "help": "tokens generated per answer at most (as in "
+                                                               "sample, chat and the API)"})
     batch_size: int = field(default=32, metadata={"help": "prompts generated together (batched KV cache)"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 = greedy (reproducible)"})
     few_shot: int = field(default=-1, metadata={"help": "solved examples in a base-model prompt; -1 = task default"})
@@ -202,6 +203,10 @@ def evaluate(cfg: EvalConfig, complete: Completer | None = None) -> dict[str, An
     run = RunDir(cfg.run)
     if not run.root.is_dir():
         raise UsageError(f"{run.root}: run folder not found")
+    if not cfg.stage:
+        from scalelab.lm.checkpoint import resolve_checkpoint
+
+        cfg.stage = resolve_checkpoint(run.root).parent.name  # the one default rule: chat if present, else base
     step_dir = run.require_checkpoint(cfg.stage)
     if cfg.stage == "chat":
         require_chat_template(run)
@@ -211,11 +216,11 @@ def evaluate(cfg: EvalConfig, complete: Completer | None = None) -> dict[str, An
     model.eval()
     params = model.num_params()
     tasks, skipped = gate_code_execution(resolve_tasks(cfg.tasks, mixture_for(cfg, run)), cfg.unsafe_exec)
-    max_prompt = model.config.max_seq_len - cfg.max_new_tokens
+    max_prompt = model.config.max_seq_len - cfg.max_tokens
     if max_prompt < 16:
-        raise UsageError(f"--max-new-tokens {cfg.max_new_tokens} leaves no room for a prompt in the model's "
+        raise UsageError(f"--max-tokens {cfg.max_tokens} leaves no room for a prompt in the model's "
                          f"context of {model.config.max_seq_len}")
-    complete = complete or engine_completer(model, tok, cfg.max_new_tokens, cfg.batch_size, cfg.temperature, cfg.seed)
+    complete = complete or engine_completer(model, tok, cfg.max_tokens, cfg.batch_size, cfg.temperature, cfg.seed)
     print0(f"evaluating {step_dir} ({params:,} parameters) on {len(tasks)} task(s), {cfg.limit} examples each")
     t0 = time.time()
     results: dict[str, Any] = {}
