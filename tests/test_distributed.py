@@ -110,3 +110,17 @@ def test_a_torchrun_worker_skips_interpreter_finalization(monkeypatch, capsys) -
     cli.main(["no-such-command"])
     assert exits == [2]
     capsys.readouterr()
+
+
+def test_fsdp_samples_at_each_evaluation(tmp_path: Path) -> None:
+    """Under FSDP the weights are sharded DTensors; the evaluation's samples come from the gathered weights."""
+    run = tmp_path / "s"
+    tok = subprocess.run([sys.executable, "-m", "scalelab", "tokenizer", "--run", str(run), "--corpus",
+                          str(ROOT / "scalelab" / "lm" / "data"), "--vocab-size", "300"], cwd=ROOT, env=env(),
+                         capture_output=True, text=True, timeout=240)
+    assert tok.returncode == 0, tok.stderr
+    out = torchrun(["--standalone", "--nproc_per_node", "2"],  # a repeated flag: the last one counts
+                   ["--run-dir", str(run), *COMMON, "--sample-tokens", "8", "--parallel", "fsdp", "--max-steps", "2"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    samples = [line for line in out.stdout.splitlines() if line.strip().startswith("sample ")]
+    assert samples and not [s for s in samples if "Error" in s], samples

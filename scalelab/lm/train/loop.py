@@ -403,15 +403,32 @@ class Trainer:
         out: dict[str, Any] = {"stage": self.cfg.stage, "step": step,
                                "val_loss": stats[0] / stats[1] if stats[1] else None,
                                "val_bpb": stats[2] / math.log(2) / stats[3] if stats[3] else None}
-        if self.cfg.sample_tokens > 0 and self.cfg.sample_prompts and (self.info.is_main or self.fsdp):
-            try:
-                with self._autocast():
-                    out["samples"] = sample_completions(model, self.cfg.sample_prompts, self.run.tokenizer_json,
-                                                        self.cfg.sample_tokens, seed=self.cfg.seed + step)
-            except Exception as e:  # sampling is a courtesy; never kill a run over it
-                out["samples"] = [{"error": f"{type(e).__name__}: {e}"}]
+        if self.cfg.sample_tokens > 0 and self.cfg.sample_prompts:
+            sampler = self._sampling_model()  # every rank takes part (FSDP gathers); rank 0 samples
+            if sampler is not None:
+                try:
+                    with self._autocast():
+                        out["samples"] = sample_completions(sampler, self.cfg.sample_prompts,
+                                                            self.run.tokenizer_json, self.cfg.sample_tokens,
+                                                            seed=self.cfg.seed + step)
+                except Exception as e:  # sampling is a courtesy; never kill a run over it
+                    out["samples"] = [{"error": f"{type(e).__name__}: {e}"}]
         model.train()
         return out
+
+    def _sampling_model(self) -> nn.Module | None:
+        """The model rank 0 samples from, None elsewhere. Under FSDP the weights are DTensor shards the decoder
+        cannot index, so all ranks gather the full weights and rank 0 samples from a plain copy of them."""
+        if not self.fsdp:
+            return self.model if self.info.is_main else None
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(self.model, options=self._state_options())
+        if not self.info.is_main:
+            return None
+        copy = GPT(self.mcfg)
+        copy.load_state_dict(state, strict=False)  # a tied output layer comes with the embedding
+        return copy.to(self.device).eval()
 
     # ------------------------------------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
