@@ -37,11 +37,14 @@ class ChatConfig:
     system: str = field(default="", metadata={"help": "system prompt; empty = none"})
     prompt: str = field(default="", metadata={"help": "one-shot: send this message, print the reply and exit; "
                                                       "empty = interactive"})
-    max_tokens: int = field(default=256, metadata={"help": "most tokens per reply (also capped by the context)"})
-    temperature: float = field(default=0.7, metadata={"help": "softmax temperature; 0 = greedy (deterministic)"})
-    top_k: int = field(default=50, metadata={"help": "sample among the k likeliest tokens; 0 = off"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus: smallest set with this probability mass; 1 = off"})
-    seed: int = field(default=-1, metadata={"help": "random seed (reply i uses seed + i); -1 = random"})
+    max_tokens: int = field(default=256, metadata={"ge": 1,
+        "help": "most tokens per reply (also capped by the context)"})
+    temperature: float = field(default=0.7, metadata={"ge": 0, "le": 100,
+        "help": "softmax temperature; 0 = greedy (deterministic)"})
+    top_k: int = field(default=50, metadata={"ge": 0, "help": "sample among the k likeliest tokens; 0 = off"})
+    top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1,
+        "help": "nucleus: smallest set with this probability mass; 1 = off"})
+    seed: int = field(default=-1, metadata={"ge": -1, "help": "random seed (reply i uses seed + i); -1 = random"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
     dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
 

@@ -27,12 +27,15 @@ class SampleConfig:
     stage: str = field(default="", metadata={"help": "checkpoint stage: base or chat; empty = chat if present, "
                                                      "else base"})
     prompt: str = field(default="", metadata={"help": "text to continue; empty = start from <|bos|> alone"})
-    max_tokens: int = field(default=200, metadata={"help": "new tokens per sample (also capped by the context)"})
-    temperature: float = field(default=0.8, metadata={"help": "softmax temperature; 0 = greedy (deterministic)"})
-    top_k: int = field(default=50, metadata={"help": "sample among the k likeliest tokens; 0 = off"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus: smallest set with this probability mass; 1 = off"})
-    seed: int = field(default=-1, metadata={"help": "random seed (sample i uses seed + i); -1 = random"})
-    num_samples: int = field(default=1, metadata={"help": "how many samples, one after another"})
+    max_tokens: int = field(default=200, metadata={"ge": 1,
+        "help": "new tokens per sample (also capped by the context)"})
+    temperature: float = field(default=0.8, metadata={"ge": 0, "le": 100,
+        "help": "softmax temperature; 0 = greedy (deterministic)"})
+    top_k: int = field(default=50, metadata={"ge": 0, "help": "sample among the k likeliest tokens; 0 = off"})
+    top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1,
+        "help": "nucleus: smallest set with this probability mass; 1 = off"})
+    seed: int = field(default=-1, metadata={"ge": -1, "help": "random seed (sample i uses seed + i); -1 = random"})
+    num_samples: int = field(default=1, metadata={"ge": 1, "help": "how many samples, one after another"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
     dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
 

@@ -27,7 +27,8 @@ class ServeConfig:
                                                      "present, else base"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind; 0.0.0.0 exposes the server to the "
                                                              "network (set an API key then)"})
-    port: int = field(default=8000, metadata={"help": "TCP port; 0 = any free port (the one taken is printed)"})
+    port: int = field(default=8000, metadata={"ge": 0, "le": 65535,
+        "help": "TCP port; 0 = any free port (the one taken is printed)"})
     api_key: str = field(default="", metadata={"help": f"require 'Authorization: Bearer KEY' on /v1 routes; "
                                                        f"empty = the {API_KEY_ENV} variable, or no key"})
     protect_all: bool = field(default=False, metadata={
@@ -38,21 +39,23 @@ class ServeConfig:
                 "421, which stops DNS rebinding); * = any"})
     model_name: str = field(default="", metadata={"help": f"model id shown by /v1/models; empty = the run's name "
                                                           f"('{SERVED_ALIAS}' is accepted as well)"})
-    max_tokens_limit: int = field(default=512, metadata={"help": "largest max_tokens a request may ask for (tokens)"})
-    max_batch: int = field(default=16, metadata={"help": "sequences decoded together in one batch"})
-    max_queue: int = field(default=64, metadata={"help": "requests waiting for a batch slot; more answer 429"})
+    max_tokens_limit: int = field(default=512, metadata={"ge": 1,
+        "help": "largest max_tokens a request may ask for (tokens)"})
+    max_batch: int = field(default=16, metadata={"ge": 1, "le": 1024,
+        "help": "sequences decoded together in one batch"})
+    max_queue: int = field(default=64, metadata={"ge": 1, "help": "requests waiting for a batch slot; more answer 429"})
     stream_interval: str = field(default="auto", metadata={
         "help": "tokens per streamed event after the first: auto = the streams decoding (every token for one "
                 "stream, 8 at 8: about one event per decode step at any load, so the HTTP work stays small on a busy "
                 "CPU server), but text held back 20 ms at most; 1 = every token; K = every K tokens"})
-    max_request_bytes: int = field(default=1_000_000, metadata={
+    max_request_bytes: int = field(default=1_000_000, metadata={"ge": 1,
         "help": "largest request body (bytes), with or without Content-Length; more is 413"})
-    header_timeout: float = field(default=10.0, metadata={
+    header_timeout: float = field(default=10.0, metadata={"gt": 0,
         "help": "seconds a connection may take to send a request's headers (from connecting, or from a kept-alive "
                 "request's first byte); then it is answered 408 and closed"})
-    body_timeout: float = field(default=30.0, metadata={
+    body_timeout: float = field(default=30.0, metadata={"gt": 0,
         "help": "seconds a request may take to send its body after the headers; then 408 and closed"})
-    shutdown_grace: float = field(default=5.0, metadata={
+    shutdown_grace: float = field(default=5.0, metadata={"ge": 0,
         "help": "seconds open answers may run to their end after SIGTERM or Ctrl-C; streams still running then end "
                 "with an error event and [DONE], other answers with 503"})
     cors_origin: list[str] = field(default_factory=list, metadata={

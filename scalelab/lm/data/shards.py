@@ -59,17 +59,18 @@ class TokenizerConfig:
         "cli": False, "help": "corpus source PATH[#FIELD][:WEIGHT]; repeat the flag to mix sources"})
     val_corpus: list[str] = field(default_factory=list, metadata={
         "cli": False, "help": "validate on these sources instead of a --val-fraction of the corpus"})
-    val_fraction: float = field(default=0.01, metadata={
+    val_fraction: float = field(default=0.01, metadata={"ge": 0, "lt": 1,
         "help": "fraction of documents (chosen by content hash) held out for validation; 0 = none"})
-    vocab_size: int = field(default=4096, metadata={"help": "tokens in the vocabulary, special tokens included"})
-    max_train_bytes: int = field(default=50_000_000, metadata={
+    vocab_size: int = field(default=4096, metadata={
+        "help": "tokens in the vocabulary, special tokens included"})
+    max_train_bytes: int = field(default=50_000_000, metadata={"ge": 0,
         "help": "bytes of training text the tokenizer learns from (a hash-chosen sample, weights applied); 0 = all"})
-    min_frequency: int = field(default=2, metadata={"help": "a pair must occur this many times to be merged"})
+    min_frequency: int = field(default=2, metadata={"ge": 1, "help": "a pair must occur this many times to be merged"})
     tokenizer: str | None = field(default=None, metadata={
         "help": "reuse this tokenizer (run folder, tokenizer folder or tokenizer.json) and only encode shards"})
-    doc_max_bytes: int = field(default=DEFAULT_DOC_MAX_BYTES, metadata={
+    doc_max_bytes: int = field(default=DEFAULT_DOC_MAX_BYTES, metadata={"ge": 0,
         "help": "text files are cut into documents of about this many bytes at blank lines; 0 = whole files"})
-    batch_bytes: int = field(default=2_000_000, metadata={
+    batch_bytes: int = field(default=2_000_000, metadata={"ge": 1,
         "help": "bytes of text encoded per batch (multi-threaded); bounds memory while encoding"})
     overwrite: bool = field(default=False, metadata={"help": "replace the run's existing tokenizer"})
 

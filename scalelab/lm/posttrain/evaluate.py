@@ -43,21 +43,24 @@ class EvalConfig:
         "help": "tasks to score; empty = every task of the mixture (the one SFT used, else the default)"})
     mixture_config: str = field(default="", metadata={
         "help": "MixtureConfig YAML giving the tasks and their options; '' = the run's SFT mixture or the default"})
-    limit: int = field(default=50, metadata={"help": "examples per task; 0 = the task's default of 200"})
-    seed: int = field(default=0, metadata={"help": "seed of the example draw and of sampling"})
+    limit: int = field(default=50, metadata={"ge": 0, "help": "examples per task; 0 = the task's default of 200"})
+    seed: int = field(default=0, metadata={"ge": 0, "help": "seed of the example draw and of sampling"})
     max_tokens: int = field(default=64, metadata={"ge": 1, "help": "tokens generated per answer at most (as in "
                                                                "sample, chat and the API)"})
-    batch_size: int = field(default=32, metadata={"help": "prompts generated together (batched KV cache)"})
-    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 = greedy (reproducible)"})
-    few_shot: int = field(default=-1, metadata={"help": "solved examples in a base-model prompt; -1 = task default"})
-    samples: int = field(default=3, metadata={"help": "completions kept per task in the JSON (for the report)"})
+    batch_size: int = field(default=32, metadata={"ge": 1, "help": "prompts generated together (batched KV cache)"})
+    temperature: float = field(default=0.0, metadata={"ge": 0, "le": 100,
+        "help": "sampling temperature; 0 = greedy (reproducible)"})
+    few_shot: int = field(default=-1, metadata={"ge": -1,
+        "help": "solved examples in a base-model prompt; -1 = task default"})
+    samples: int = field(default=3, metadata={"ge": 0,
+        "help": "completions kept per task in the JSON (for the report)"})
     mc: str = field(default="auto", metadata={"help": "multiple choice by log-likelihood: auto (only when the model "
                                                       "has >= --mc-min-params), on, off",
                                               "choices": ["auto", "on", "off"]})
     mc_sets: list[str] = field(default_factory=lambda: list(DEFAULT_MC_SETS), metadata={
         "help": f"multiple-choice sets, found through scalelab/data_sources.py ({', '.join(MC_SETS)})"})
-    mc_limit: int = field(default=200, metadata={"help": "items per multiple-choice set; 0 = all"})
-    mc_min_params: int = field(default=50_000_000, metadata={
+    mc_limit: int = field(default=200, metadata={"ge": 0, "help": "items per multiple-choice set; 0 = all"})
+    mc_min_params: int = field(default=50_000_000, metadata={"ge": 0,
         "help": "with --mc auto, score multiple choice only for models with at least this many parameters"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
     dtype: str = field(default="fp32", metadata={"help": "weights dtype for evaluation: fp32, bf16 or fp16"})

@@ -45,11 +45,12 @@ class MixtureConfig:
                                                f"Known: {', '.join(TASKS)}"})
     user_files: list[str] = field(default_factory=list, metadata={
         "help": "your conversation files (JSONL messages, Alpaca JSON, ShareGPT) as path:weight"})
-    n_train: int = field(default=5000, metadata={"help": "training conversations in the whole mixture"})
-    n_eval: int = field(default=50, metadata={"help": "held-out evaluation examples per task"})
-    seed: int = field(default=0, metadata={"help": "seed of every task's sampling and of the final shuffle"})
-    arithmetic_digits: int = field(default=3, metadata={"help": "largest operand size of the arithmetic task, digits"})
-    max_chars: int = field(default=1500, metadata={"help": "longest public chat kept, characters (all turns)"})
+    n_train: int = field(default=5000, metadata={"ge": 0, "help": "training conversations in the whole mixture"})
+    n_eval: int = field(default=50, metadata={"ge": 0, "help": "held-out evaluation examples per task"})
+    seed: int = field(default=0, metadata={"ge": 0, "help": "seed of every task's sampling and of the final shuffle"})
+    arithmetic_digits: int = field(default=3, metadata={"ge": 1, "le": 18,
+        "help": "largest operand size of the arithmetic task, digits"})
+    max_chars: int = field(default=1500, metadata={"ge": 1, "help": "longest public chat kept, characters (all turns)"})
     public_chats: bool = field(default=True, metadata={"help": "add OASST, Dolly and FastChat chats to conversation"})
     data_dir: str | None = field(default=None, metadata={
         "help": "data folder holding the named sets (default: scalelab/data_sources.py: $SCALELAB_DATA, cache)"})
