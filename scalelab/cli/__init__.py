@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass, field
 from typing import Any
 
 from scalelab.common import UsageError, print0
+from scalelab.lm.inference.loading import DTYPE_HELP
 
 
-def check_generation_flags(cfg: Any, stages: tuple[str, ...]) -> None:
-    """The flags `scalelab sample` and `scalelab chat` share: --run, --stage, --max-tokens and the sampling values."""
-    if not cfg.run:
-        raise UsageError("--run is required (a run folder such as runs/demo)")
-    if cfg.stage not in ("", *stages):
-        raise UsageError(f"--stage {cfg.stage!r}: choose {' or '.join(stages)}")
-    if cfg.max_tokens < 1:
-        raise UsageError(f"--max-tokens {cfg.max_tokens}: must be at least 1")
-    if cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
-        raise UsageError("--temperature must be >= 0, --top-k >= 0 and --top-p in (0, 1]")
+@dataclass
+class GenerationConfig:
+    """The flags every command that generates from a checkpoint shares (`scalelab sample`, `scalelab chat`): one
+    name and one meaning each, as the OpenAI API spells them."""
+
+    run: str = field(default="", metadata={"help": "run folder (or a stage or step folder inside one)"})
+    stage: str = field(default="", metadata={"help": "checkpoint stage: chat or base; empty = chat if present, "
+                                                     "else base", "choices": ["chat", "base"]})
+    max_tokens: int = field(default=256, metadata={"ge": 1, "help": "most new tokens per answer (also capped by "
+                                                                    "the context)"})
+    temperature: float = field(default=0.7, metadata={"ge": 0, "le": 100,
+                                                      "help": "softmax temperature; 0 = greedy (deterministic)"})
+    top_k: int = field(default=50, metadata={"ge": 0, "help": "sample among the k likeliest tokens; 0 = off"})
+    top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1,
+                                                "help": "nucleus: smallest set with this probability mass; 1 = off"})
+    seed: int = field(default=-1, metadata={"ge": -1, "help": "random seed (answer i uses seed + i); -1 = random"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
+
+    def check(self) -> None:
+        if not self.run:
+            raise UsageError("--run is required (a run folder such as runs/demo)")
+
+    @staticmethod
+    def default(name: str, value: Any) -> Any:
+        """The field ``name`` with another default for one command, same help and range."""
+        return field(default=value, metadata=dict(GenerationConfig.__dataclass_fields__[name].metadata))
 
 
 def report_training(stage: str, summary: dict[str, Any]) -> int:

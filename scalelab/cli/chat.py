@@ -15,10 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from scalelab.cli import check_generation_flags
+from scalelab.cli import GenerationConfig
 from scalelab.common import UsageError
 from scalelab.config import parse_config
-from scalelab.lm.inference.loading import DTYPE_HELP
 
 HELP = """commands:
   /reset          forget the conversation (the system prompt stays)
@@ -28,28 +27,12 @@ HELP = """commands:
 
 
 @dataclass
-class ChatConfig:
+class ChatConfig(GenerationConfig):
     """Chat with a model in the terminal."""
 
-    run: str = field(default="", metadata={"help": "run folder (or a stage or step folder inside one)"})
-    stage: str = field(default="", metadata={"help": "checkpoint stage: chat or base; empty = chat if present, "
-                                                     "else base"})
     system: str = field(default="", metadata={"help": "system prompt; empty = none"})
     prompt: str = field(default="", metadata={"help": "one-shot: send this message, print the reply and exit; "
                                                       "empty = interactive"})
-    max_tokens: int = field(default=256, metadata={"ge": 1,
-        "help": "most tokens per reply (also capped by the context)"})
-    temperature: float = field(default=0.7, metadata={"ge": 0, "le": 100,
-        "help": "softmax temperature; 0 = greedy (deterministic)"})
-    top_k: int = field(default=50, metadata={"ge": 0, "help": "sample among the k likeliest tokens; 0 = off"})
-    top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1,
-        "help": "nucleus: smallest set with this probability mass; 1 = off"})
-    seed: int = field(default=-1, metadata={"ge": -1, "help": "random seed (reply i uses seed + i); -1 = random"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
-
-    def check(self) -> None:
-        check_generation_flags(self, ("chat", "base"))
 
 
 def answer(session: Any, user: str, out: TextIO, err: TextIO) -> None:

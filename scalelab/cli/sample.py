@@ -13,36 +13,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from scalelab.cli import check_generation_flags
+from scalelab.cli import GenerationConfig
 from scalelab.common import UsageError
 from scalelab.config import parse_config
-from scalelab.lm.inference.loading import DTYPE_HELP
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(GenerationConfig):
     """Generate text from a checkpoint."""
 
-    run: str = field(default="", metadata={"help": "run folder (or a stage or step folder inside one)"})
-    stage: str = field(default="", metadata={"help": "checkpoint stage: base or chat; empty = chat if present, "
-                                                     "else base"})
     prompt: str = field(default="", metadata={"help": "text to continue; empty = start from <|bos|> alone"})
-    max_tokens: int = field(default=200, metadata={"ge": 1,
-        "help": "new tokens per sample (also capped by the context)"})
-    temperature: float = field(default=0.8, metadata={"ge": 0, "le": 100,
-        "help": "softmax temperature; 0 = greedy (deterministic)"})
-    top_k: int = field(default=50, metadata={"ge": 0, "help": "sample among the k likeliest tokens; 0 = off"})
-    top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1,
-        "help": "nucleus: smallest set with this probability mass; 1 = off"})
-    seed: int = field(default=-1, metadata={"ge": -1, "help": "random seed (sample i uses seed + i); -1 = random"})
+    temperature: float = GenerationConfig.default("temperature", 0.8)
+    max_tokens: int = GenerationConfig.default("max_tokens", 200)
     num_samples: int = field(default=1, metadata={"ge": 1, "help": "how many samples, one after another"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
-
-    def check(self) -> None:
-        check_generation_flags(self, ("base", "chat"))
-        if self.num_samples < 1:
-            raise UsageError(f"--num-samples {self.num_samples}: must be at least 1")
 
 
 def main(argv: list[str] | None = None) -> int:
