@@ -11,7 +11,7 @@ caller does not use: their cache holds nothing yet), writes the inputs into the 
 non-blocking copy, and replays the graph captured for (B, length), capturing it on first use. Chunked prefill
 stays outside the graphs (its shapes vary), as in vLLM and SGLang.
 
-Why: a decode step of a small model is a few hundred kernels of microseconds each, and launching them one by one
+Why: a decode step of a small model is a few hundred short kernels, and launching them one by one
 from Python costs more than running them; a graph launches them all in one call. Where CUDA is absent (or
 ``graphs=False``) the same static-buffer code runs eagerly ("replay" is a plain call), so tests on a CPU exercise
 the bucketing, the padding and the buffers that the graphs replay. A graph that cannot be captured (out of memory,
