@@ -81,6 +81,7 @@ def test_learns_and_is_reproducible() -> None:
     assert cross_val_score(MLPRegressor(max_epochs=50, random_state=0), X, X[:, 0] * X[:, 1], cv=3).mean() > 0.5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_roughly() -> None:
     X = np.random.default_rng(0).normal(size=(300, 5))

@@ -215,8 +215,10 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids. Without a cache: logits (B, T, V) and the mean loss over targets != -1.
+        ``hidden=True``: the final normed hidden states (B, T, C) instead of logits (the trainer's chunked loss
+        applies the output layer itself, lm/train/loss.py).
 
         With a cache: the tokens are appended after each row's cached ones; returns the logits of the last new
         token (B, V) and advances ``cache.lengths`` by T.
@@ -235,6 +237,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, cache, i, positions)
         x = self.norm(x)
+        if hidden:
+            return x, None
         if cache is not None:
             cache.lengths += T
             return self.lm_head(x[:, -1]).float(), None  # (B, V)

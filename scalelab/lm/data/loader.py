@@ -39,6 +39,14 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
 
+def to_device(batch: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """``batch`` on ``device``; to CUDA through pinned memory, so the copy runs without blocking the host and
+    overlaps the GPU's work on the previous micro-step."""
+    if torch.device(device).type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device, non_blocking=True)
+
+
 # ----------------------------------------------------------------------------------------------- token shards
 
 def load_meta(run: RunDir) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from scalelab.lm.inference.decoding import Decoder
+from scalelab.lm.inference.decoding import Decoder, give_back, lease_decoder
 from scalelab.lm.inference.sampling import Sampler, sample_rows
 
 
@@ -77,7 +77,7 @@ class Batch:
         at once)."""
         slot = len(self.rows)
         self.dec.lengths[slot] = 0
-        if self.dec.packed:  # fed by the next steps
+        if self.dec.packed or self.dec.runner is not None:  # fed by the next steps
             self.rows.append(row)
             return 0
         logits = self.dec.prefill(slot, row.prompt)
@@ -92,6 +92,8 @@ class Batch:
         """One forward over every row (a decode token each, or the next chunk of a prompt being fed); samples the
         rows whose logits are ready and retires the finished ones. Returns the tokens sampled."""
         rows, dec = self.rows, self.dec
+        if dec.runner is not None:
+            return self._step_static()
         if not dec.packed:
             logits = dec.decode([r.pending for r in rows])
             tokens = sample_rows(logits, [r.sampler for r in rows])  # one batched pass, greedy and sampled rows alike
@@ -128,6 +130,40 @@ class Batch:
         self.retire([i for i, tok in zip(ready, tokens) if rows[i].push(tok)])
         return len(ready)
 
+    def _step_static(self) -> int:
+        """``step`` on the static path: prompt chunks eagerly, then one decode step for the decoding rows."""
+        rows, dec = self.rows, self.dec
+        decoding = [r.fed == len(r.prompt) for r in rows]  # before this step's prefill
+        parts: list[torch.Tensor] = []
+        ready: list[int] = []
+        budget = PREFILL_CHUNK
+        for slot, r in enumerate(rows):
+            if decoding[slot] or budget <= 0:
+                continue
+            chunk = r.prompt[r.fed:r.fed + budget]
+            r.fed += len(chunk)
+            budget -= len(chunk)
+            logits = dec.prefill(slot, chunk)
+            if r.fed == len(r.prompt):
+                parts.append(logits)
+                ready.append(slot)
+        if any(decoding):
+            logits = dec.decode([r.pending if d else None for r, d in zip(rows, decoding)])
+            ids = [i for i, d in enumerate(decoding) if d]
+            if len(ids) < len(rows):  # some rows are still prefilling: their logits are padding
+                pick = torch.tensor(ids)
+                if logits.is_cuda:
+                    pick = pick.pin_memory().to(logits.device, non_blocking=True)
+                logits = logits.index_select(0, pick.to(logits.device))
+            parts.append(logits)
+            ready = ready + ids
+        if not ready:
+            return 0
+        logits = parts[0] if len(parts) == 1 else torch.cat(parts)
+        tokens = sample_rows(logits, [rows[i].sampler for i in ready])  # one pass, one copy of the ids
+        self.retire([i for i, tok in zip(ready, tokens) if rows[i].push(tok)])
+        return len(ready)
+
     def retire(self, indices: list[int]) -> None:
         for i in sorted(indices, reverse=True):  # highest first: the row moved into a hole is never a retired one
             last = len(self.rows) - 1
@@ -148,7 +184,7 @@ def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int,
     Stops after yielding a stop id (the caller decides whether to show it), after ``max_new_tokens`` tokens, or
     when prompt + output fill the context. Arguments are checked at once (ValueError), before the first token.
     """
-    dec = Decoder(model, 1)
+    dec = lease_decoder(model, 1)  # on CUDA: a decoder whose graphs were captured by an earlier call
     prompt = check_prompt(prompt_ids, dec.config.vocab_size, dec.max_len)
     row = Row(prompt, min(int(max_new_tokens), dec.max_len - len(prompt)),
                Sampler(temperature, top_k, top_p, seed), stop_ids)
@@ -157,15 +193,19 @@ def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int,
 
 def _stream(dec: Decoder, row: Row) -> Iterator[int]:
     if row.budget <= 0:
+        give_back(dec)
         return
-    logits = dec.prefill(0, row.prompt)
-    while True:
-        tok = row.sampler(logits[0])
-        finished = row.push(tok)
-        yield tok
-        if finished:
-            return
-        logits = dec.decode([tok])
+    try:
+        logits = dec.prefill(0, row.prompt)
+        while True:
+            tok = row.sampler(logits[0])
+            finished = row.push(tok)
+            yield tok
+            if finished:
+                return
+            logits = dec.decode([tok])
+    finally:
+        give_back(dec)
 
 
 def generate_batch(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
@@ -179,7 +219,7 @@ def generate_batch(model: torch.nn.Module, prompts: list[list[int]], max_new_tok
     """
     if not prompts:
         return []
-    dec = Decoder(model, max(1, min(max_batch, len(prompts))))
+    dec = lease_decoder(model, max(1, min(max_batch, len(prompts))))
     stop_ids = list(stop_ids)
     rows = []
     for i, p in enumerate(prompts):
@@ -192,4 +232,5 @@ def generate_batch(model: torch.nn.Module, prompts: list[list[int]], max_new_tok
             batch.admit(waiting.popleft())
         if batch.rows:
             batch.step()
+    give_back(dec)
     return [r.out for r in rows]

@@ -5,6 +5,9 @@
     logits = dec.decode([tok_0, tok_1, ...])        # one token for each of rows 0..n-1, rows at their own lengths
     logits = dec.forward_tokens(tokens, rows, positions, last)   # CPU kernels: decode tokens and prompts, one pass
 
+On CUDA a decode step runs on static buffers and is replayed as a CUDA graph per batch bucket (graphs.py);
+``cuda_graphs=True`` runs that same static path on a CPU too (eagerly), which is how the tests check it.
+
 The pieces under ``scalelab.lm.inference.engine`` (which re-exports ``generate``, ``generate_batch``, ``Sampler`` and
 ``TextStream``; import them from there): rows, batches and ``generate`` are batching.py, streamed text
 textstream.py, sampling sampling.py, the CPU kernels cpu_kernels.py.
@@ -21,11 +24,23 @@ import torch
 import torch.nn.functional as F
 
 from scalelab.lm.inference import cpu_kernels
+from scalelab.lm.inference.graphs import GraphRunner
 from scalelab.lm.model import GPT
 
+# what ``Decoder(cuda_graphs=None)`` does: None = the static path under CUDA graphs on CUDA only; True = the static path
+# everywhere (tests set it to run the engine's static path on a CPU); False = never
+DEFAULT_CUDA_GRAPHS: bool | None = None
 _HAS_DNNL = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 # ------------------------------------------------------------------------------------------------------ the decoder
+
+def _to_device(data: list, device: torch.device) -> torch.Tensor:
+    """A long tensor of ``data`` on ``device``; to CUDA through pinned memory, so the host does not wait."""
+    t = torch.tensor(data, dtype=torch.long)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
 
 def unwrap(model: torch.nn.Module) -> GPT:
     model = getattr(model, "_orig_mod", model)  # torch.compile
@@ -95,6 +110,7 @@ def release_fused_weights(model: torch.nn.Module) -> None:
     """Drop the cached decoding copy of ``model``'s weights (a trainer that samples now and then calls this: the
     weights change before the next sample anyway, and the copy is about twice the model's size on CPU)."""
     _FUSED.pop(unwrap(model), None)
+    _IDLE.pop(unwrap(model), None)
 
 
 def _fused_weights(m: GPT) -> tuple[list[tuple[_Proj, _Proj, _Proj, _Proj]], _Proj]:
@@ -142,6 +158,32 @@ def _fused_weights(m: GPT) -> tuple[list[tuple[_Proj, _Proj, _Proj, _Proj]], _Pr
     return fused
 
 
+_IDLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # GPT -> idle decoders whose CUDA graphs are kept
+
+
+def lease_decoder(model: torch.nn.Module, max_batch: int) -> Decoder:
+    """A decoder of ``max_batch`` rows for ``model``: an idle one given back earlier (CUDA graphs already captured,
+    cache allocated) while the model's weights are unchanged, else a new one. Give it back with ``give_back``."""
+    m = unwrap(model)
+    idle = _IDLE.get(m, [])
+    while idle:
+        dec = idle.pop()
+        if dec.max_batch == max_batch and dec.weights_current():
+            dec.lengths = [0] * max_batch
+            return dec
+    return Decoder(m, max_batch)
+
+
+def give_back(dec: Decoder) -> None:
+    """Keep ``dec`` for the next ``lease_decoder`` when it replays CUDA graphs (worth keeping: capture costs time);
+    other decoders are cheap to build and are dropped."""
+    m = dec.model()
+    if m is not None and dec.runner is not None and dec.runner.graphs:
+        idle = _IDLE.setdefault(m, [])
+        if len(idle) < 2:
+            idle.append(dec)
+
+
 class _Packed(NamedTuple):
     """Where a packed forward's tokens go: cache positions (N,), cache rows (N,) or None for rows 0..N-1, and the
     indices of the tokens whose logits are wanted (None: all)."""
@@ -163,7 +205,11 @@ class Decoder:
     its weights change (``_fused_weights``), so building a decoder per request is cheap.
     """
 
-    def __init__(self, model: torch.nn.Module, max_batch: int = 1, max_len: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, max_batch: int = 1, max_len: int | None = None,
+                 cuda_graphs: bool | None = None) -> None:
+        """``cuda_graphs``: None (default) decodes through the static path under CUDA graphs on CUDA and through the
+        CPU paths elsewhere; True takes the static path on any device (replayed as graphs on CUDA, called eagerly
+        elsewhere); False never takes it."""
         m = unwrap(model)
         cfg = self.config = m.config
         emb = m.embed_tokens.weight
@@ -173,9 +219,11 @@ class Decoder:
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.n_qk = (cfg.n_head + cfg.n_kv_head) * cfg.head_dim
         self.eps, self.n_embd, self.ffn = cfg.norm_eps, cfg.n_embd, cfg.intermediate_size
+        self.model = weakref.ref(m)
         with torch.no_grad():
             self.embed = emb.detach()
-            self.layers, self.lm_head = _fused_weights(m)
+            self._fused = _fused_weights(m)
+            self.layers, self.lm_head = self._fused
             half = self.head_dim // 2
             # RoPE as one complex product: the fused q/k weights put each rotated pair (i, i + half) side by side
             # (``_fused_weights``), queries and keys alike, so their dot products are unchanged.
@@ -197,11 +245,27 @@ class Decoder:
         # on CPU, scalelab's attention kernel writes the new keys/values and attends each token to its own row's
         # prefix in one call, so decode tokens of rows at different lengths need no mask (cheaper than a mask +
         # SDPA) and prompts can share the pass (``forward_tokens``)
-        self.packed = (self.device.type == "cpu" and self.kv_dtype == torch.float32
+        if cuda_graphs is None:
+            cuda_graphs = DEFAULT_CUDA_GRAPHS
+        static = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self.packed = (not static and self.device.type == "cpu" and self.kv_dtype == torch.float32
                        and cpu_kernels.attention_supported(self.head_dim))
         self._scale = 1.0 / self.head_dim ** 0.5
+        # the static decode step: fixed shapes per (batch, attention length) bucket, so CUDA can replay it as a graph
+        self.runner = GraphRunner(self._static_step, max_batch, self.max_len, self.device) if static else None
+        if static:
+            self._rows = torch.arange(max_batch, device=self.device)
+            self._cache_positions = torch.arange(self.max_len, device=self.device)
         kernels = self.packed or self.lm_head.panels is not None
-        self.backend = "scalelab CPU kernels" if kernels else "torch"  # what decodes (shown by `scalelab serve`)
+        # what decodes (shown by `scalelab serve`)
+        self.backend = "scalelab CPU kernels" if kernels else "torch"
+        if self.runner is not None:
+            self.backend = "torch + CUDA graphs" if self.runner.graphs else "static decode step (eager)"
+
+    def weights_current(self) -> bool:
+        """Whether the model still has the weights this decoder was built from (no optimizer step since)."""
+        m = self.model()
+        return m is not None and _fused_weights(m) is self._fused
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """x * rsqrt(mean(x^2) + eps) in fp32 (the weight is folded into the next projection)."""
@@ -302,7 +366,7 @@ class Decoder:
             logits = self.forward_tokens(ids, [row] * T, range(start, start + T), [T - 1])
             self.lengths[row] = start + T
             return logits
-        idx = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        idx = _to_device([list(ids)], self.device)
         rot = self.rot[start:start + T][None, :, None]  # (1, T, 1, hd/2)
 
         def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -318,8 +382,13 @@ class Decoder:
         return logits
 
     @torch.inference_mode()
-    def decode(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Feed ``tokens[r]`` to row r for r < len(tokens), all in one forward; returns logits (len(tokens), V)."""
+    def decode(self, tokens: Sequence[int | None]) -> torch.Tensor:
+        """Feed ``tokens[r]`` to row r for r < len(tokens), all in one forward; returns logits (len(tokens), V).
+
+        On the static path (``self.runner``) a token may be None: row r is then left as it is (a row still being
+        prefilled) and its logits are meaningless."""
+        if self.runner is not None:
+            return self._decode_static(tokens)
         n = len(tokens)
         lengths = self.lengths[:n]
         if max(lengths) >= self.max_len:
@@ -331,6 +400,33 @@ class Decoder:
         for r in range(n):
             self.lengths[r] += 1
         return logits
+
+    def _decode_static(self, tokens: Sequence[int | None]) -> torch.Tensor:
+        """``decode`` through the ``GraphRunner``: a row left out (None) gets token 0 at its next free position,
+        which its next prefill chunk or decode token overwrites."""
+        fed = [t is not None for t in tokens]
+        if any(self.lengths[r] >= self.max_len for r, f in enumerate(fed) if f):
+            raise ValueError(f"the KV cache is full (context length {self.max_len})")
+        positions = [min(self.lengths[r], self.max_len - 1) for r in range(len(tokens))]
+        logits = self.runner.run([0 if t is None else t for t in tokens], positions)
+        for r, f in enumerate(fed):
+            if f:
+                self.lengths[r] += 1
+        return logits
+
+    def _static_step(self, idx: torch.Tensor, pos: torch.Tensor, length: int) -> torch.Tensor:
+        """The fixed-shape decode step the runner replays: idx and pos (B,) for rows 0..B-1, attention over the
+        first ``length`` cache positions with a mask; logits (B, V). No host synchronisation."""
+        B = idx.shape[0]
+        rows = self._rows[:B]
+        rot = self.rot[pos][:, None, None]  # (B, 1, 1, hd/2)
+
+        def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+            self.k_layers[i][rows, :, pos] = k[:, 0]
+            self.v_layers[i][rows, :, pos] = v[:, 0]
+
+        mask = (self._cache_positions[:length][None] <= pos[:, None])[:, None, None]  # (B, 1, 1, L)
+        return self._forward(idx[:, None], slice(0, B), rot, write, length, mask, causal=False)
 
     def _decode_torch(self, tokens: Sequence[int], lengths: list[int]) -> torch.Tensor:
         """``decode`` on torch's attention: slices when all rows sit at one position, else a mask."""

@@ -330,6 +330,8 @@ class Engine:
         def build_then_run() -> None:
             try:
                 self._batch = Batch(Decoder(self.model, max_batch, max_len))
+                if self._batch.dec.runner is not None:  # every bucket's CUDA graph before the first request
+                    self._batch.dec.runner.capture_all()
             except BaseException as e:  # raised by the constructor below
                 failed.append(e)
                 return

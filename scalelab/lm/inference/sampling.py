@@ -2,6 +2,10 @@
 
     from scalelab.lm.inference.sampling import Sampler, sample_rows
     tokens = sample_rows(logits, [Sampler(0.8, top_k=50, seed=1), Sampler(0.0)])   # logits (2, V) -> 2 ids
+    ids = sample_tensor(logits, inv_temp, top_k, top_p, uniform)   # all on the logits' device, no host sync
+
+On CPU the draw goes through NumPy and scalelab's C kernel; on a GPU ``sample_tensor`` draws every row (greedy and
+sampled alike) in one pass of tensor ops on the device, so a decode step copies only the chosen ids to the host.
 
 Used by batching.py (``generate``, the engine's batches). Tested in tests/test_engine.py.
 """
@@ -84,8 +88,10 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     it stay; then top-p: a probability cut-off) at one uniform number from its own generator, in vocabulary order.
     Rows are computed independently, each always by the same path, so a seeded row draws the same token alone or
     in any batch. On CPU scalelab's sampling kernel draws them (in place of torch's softmax + cumsum +
-    searchsorted); elsewhere one batched torch pass.
+    searchsorted), else one batched torch pass; on a GPU ``sample_tensor`` (one pass, one copy of the ids).
     """
+    if logits.device.type != "cpu":  # greedy and sampled rows in one pass on the device, then one copy of the ids
+        return sample_on_device(logits, samplers).tolist()
     n, V = logits.shape
     greedy = [s.greedy for s in samplers]
     out = _argmax(logits) if any(greedy) else [0] * n
@@ -106,6 +112,59 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     for i, token in zip(todo, drawn):
         out[i] = token
     return out
+
+
+def sampling_params(samplers: Sequence[Sampler], vocab_size: int, device: torch.device | str
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inv_temp, top_k, top_p, uniform) tensors of shape (n,) on ``device`` for ``sample_tensor``, one uniform
+    drawn from each sampler's own generator (greedy rows: inverse temperature 0, no draw).
+
+    Why one uniform from the host generator: a request's seed then gives the same tokens on every device and in
+    any batch, and the parameters reach the device in one non-blocking copy from pinned memory.
+    """
+    rows = [(0.0 if s.greedy else 1.0 / s.temperature, float(s.top_k if 0 < s.top_k < vocab_size else vocab_size),
+             s.top_p, 0.0 if s.greedy else s.uniform()) for s in samplers]
+    host = torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        host = host.pin_memory()  # torch's caching host allocator: reused blocks, safe across streams
+    params = host.to(dev, non_blocking=True)
+    return params[:, 0].float(), params[:, 1].long(), params[:, 2].float(), params[:, 3].float()
+
+
+def sample_on_device(logits: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
+    """``sample_rows`` as a tensor of ids on the logits' device (no host synchronisation)."""
+    if all(s.greedy for s in samplers):
+        return logits.argmax(-1)
+    return sample_tensor(logits, *sampling_params(samplers, logits.shape[-1], logits.device))
+
+
+def sample_tensor(logits: torch.Tensor, inv_temp: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                  uniform: torch.Tensor) -> torch.Tensor:
+    """One id per row of ``logits`` (n, V), every parameter a tensor of shape (n,) on the same device.
+
+    ``inv_temp`` 0 is greedy (the first maximum); ``top_k`` >= V and ``top_p`` >= 1 turn those filters off. The
+    same distribution as the CPU paths: a top-k threshold at the k-th largest logit (ties stay), softmax at the
+    temperature, a nucleus cut (the smallest set of the largest tokens whose mass reaches top_p), then the CDF in
+    vocabulary order inverted at ``uniform``. Everything is computed on the sorted row once and scattered back, so
+    the probabilities compared with the cut are the very values the cut came from. No host synchronisation.
+    """
+    x = logits.float()
+    n, V = x.shape
+    greedy = inv_temp <= 0
+    srt, order = torch.sort(x, dim=-1, descending=True)  # (n, V)
+    kth = srt.gather(1, (top_k.clamp(1, V) - 1)[:, None])  # (n, 1) the k-th largest logit
+    scaled = (srt - srt[:, :1]) * torch.where(greedy, 1.0, inv_temp)[:, None]
+    probs = torch.softmax(scaled.masked_fill(srt < kth, float("-inf")), dim=-1)  # sorted, largest first
+    kept = ((torch.cumsum(probs, dim=-1) - probs) < top_p[:, None]).sum(-1, keepdim=True).clamp_(min=1)
+    cut = torch.where(top_p[:, None] >= 1.0, 0.0, probs.gather(1, kept - 1))
+    probs = probs.masked_fill(probs < cut, 0.0)
+    probs = torch.zeros_like(probs).scatter_(1, order, probs)  # back to vocabulary order
+    cdf = torch.cumsum(probs, dim=-1)
+    choice = torch.searchsorted(cdf, (uniform[:, None] * cdf[:, -1:]).contiguous(), right=True).clamp_(max=V - 1)
+    # rounding can land on or past a dropped entry (u * total == total): the row's most likely kept token then
+    choice = torch.where(probs.gather(1, choice) > 0, choice, probs.argmax(-1, keepdim=True))[:, 0]
+    return torch.where(greedy, x.argmax(-1), choice)
 
 
 def _sample_torch(x: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:

@@ -54,23 +54,41 @@ from scalelab.common import (
 )
 from scalelab.config import save_config, to_dict
 from scalelab.lm import checkpoint as ckpt
-from scalelab.lm.data.loader import BatchSource, load_meta, load_token_bytes, token_source, tokenize_command
+from scalelab.lm.data.loader import (
+    BatchSource,
+    load_meta,
+    load_token_bytes,
+    to_device,
+    token_source,
+    tokenize_command,
+)
 from scalelab.lm.model import GPT
 from scalelab.lm.train import preflight
 from scalelab.lm.train.config import TrainConfig, batch_geometry, model_config, validate
 from scalelab.lm.train.log import plot_loss, sample_completions, truncate_metrics
+from scalelab.lm.train.loss import linear_cross_entropy
 from scalelab.lm.train.optim import build_optimizer, lr_at, peak_tflops, replan_total, resolve_schedule
 from scalelab.runs import RunDir
 
 
 class LossSum(nn.Module):
-    """Sum of token cross-entropies (targets == -1 ignored), so the trainer can normalise over the global batch."""
+    """Sum of token cross-entropies (targets == -1 ignored), so the trainer can normalise over the global batch.
 
-    def __init__(self, model: nn.Module) -> None:
+    ``chunked`` (None: on CUDA, except under FSDP, whose sharded output layer is only gathered inside the model's
+    forward): the output layer and the loss in chunks of rows (lm/train/loss.py), never the whole batch's fp32
+    logits at once."""
+
+    def __init__(self, model: nn.Module, chunked: bool | None = None) -> None:
         super().__init__()
         self.model = model
+        if chunked is None:
+            chunked = next(model.parameters()).is_cuda and not hasattr(model, "reshard")  # FSDP2 modules reshard
+        self.chunked = chunked
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.chunked:
+            h, _ = self.model(x, hidden=True)  # (B, T, C)
+            return linear_cross_entropy(h.reshape(-1, h.size(-1)), self.model.lm_head.weight, y)
         logits, _ = self.model(x)  # (B, T, V) fp32
         return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum")
 
@@ -351,9 +369,8 @@ class Trainer:
         print0("warning: resuming on different data (" + "; ".join(changed) + ")")
 
     # ------------------------------------------------------------------------------------------------ steps
-    def _micro(self, x: torch.Tensor, y: torch.Tensor, scale: float, last: bool) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
+    def _micro(self, x: torch.Tensor, y: torch.Tensor, scale: float | torch.Tensor, last: bool) -> torch.Tensor:
+        x, y = to_device(x, self.device), to_device(y, self.device)
         with self._sync_grads(last):
             with self._autocast():
                 loss_sum = self._forward_loss(x, y)
@@ -484,9 +501,14 @@ class Trainer:
                 for group in self.opt.param_groups:
                     group["lr"] = self.lr
                 batches = [self.source.next_batch(step, m) for m in range(self.accum)]
-                count = torch.tensor(float(sum(int((y != -1).sum()) for _, y in batches)), dtype=torch.float64)
-                count = float(_dist_sum(count.to(self.device), self.dist))
-                scale = self.world / max(count, 1.0)
+                # the targets are counted on the CPU batches; only under torchrun does the count go to the device
+                # (all-reduced there, used as a tensor), so no micro-step waits for the GPU
+                count = float(sum(int((y != -1).sum()) for _, y in batches))
+                if self.dist:
+                    count = _dist_sum(torch.tensor(count, dtype=torch.float64, device=self.device), True)
+                    scale = self.world / count.clamp(min=1.0)
+                else:
+                    scale = self.world / max(count, 1.0)
                 for m, (x, y) in enumerate(batches):
                     loss_win += self._micro(x, y, scale, last=m == self.accum - 1)
                 count_win += count
@@ -500,7 +522,8 @@ class Trainer:
                 self.tokens_seen += self.tokens_per_step
                 win_tokens += self.tokens_per_step
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == self.total_steps:
+                logged = step % cfg.log_every == 0 or step == self.total_steps
+                if logged:
                     last_loss = float(_dist_sum(loss_win, self.dist)) / max(float(count_win), 1.0)
                     dt = time.perf_counter() - win_t
                     tok_rate = win_tokens / max(dt, 1e-9)
@@ -517,12 +540,9 @@ class Trainer:
                     loss_win.zero_()
                     count_win.zero_()
                     win_t, win_tokens = time.perf_counter(), 0
-                flag = torch.tensor(float(bool(stop.signum) or self._out_of_time(step)), device=self.device)
-                if self.dist:
-                    import torch.distributed as dist
-
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stopping = bool(flag.item())
+                stopping = bool(stop.signum) or self._out_of_time(step)
+                if self.dist:  # ranks agree at log steps only: one synchronisation a log window, not a step
+                    stopping = logged and self._agree(stopping)
                 t_pause = time.perf_counter()
                 paused = False
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == self.total_steps or stopping:
@@ -554,6 +574,14 @@ class Trainer:
                 "val_loss": (self.last_eval or {}).get("val_loss"), "val_bpb": (self.last_eval or {}).get("val_bpb"),
                 "stopped": why or None, "elapsed_s": self.elapsed() if step > self.start_step else self.prev_elapsed,
                 "checkpoint": str(self.run.latest_step_dir(cfg.stage))}
+
+    def _agree(self, stopping: bool) -> bool:
+        """True when any rank asks to stop (all-reduced)."""
+        import torch.distributed as dist
+
+        flag = torch.tensor(float(stopping), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _out_of_time(self, step: int) -> bool:
         """Past 1.5x the budget: a safety stop. The plan (re-fitted at each log step, frozen once the decay starts,
