@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from scalelab.common import atomic_write_text  # noqa: E402
 from scalelab.lm.interop.hf import export_state, hf_config  # noqa: E402
 from scalelab.lm.model import GPT, ModelConfig  # noqa: E402
-from scalelab.lm.train.loop import LossSum  # noqa: E402
+from scalelab.lm.train.loss import LossSum  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tiny_shakespeare" / "input.txt"
 

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -306,3 +307,65 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------- signals
+
+class StopFlag:
+    """First SIGINT/SIGTERM asks the loop to save and stop at the next step boundary; a second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopFlag:
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers, the loop still runs
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def dist_sum(t: Any, enabled: bool) -> Any:
+    """``t`` summed over all processes in place (a no-op without torch.distributed)."""
+    if enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast_int(value: int, device: str, enabled: bool) -> int:
+    """Rank 0's ``value`` on every rank (a no-op without torch.distributed)."""
+    if not enabled:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(value, dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def setup_backend(device: str, world: int, num_threads: int = 0) -> None:
+    """Threads and numerics for training: CPU threads shared among the local processes, denormals flushed (peaked
+    softmax gradients are denormal-heavy and slow without it); TF32 matmuls on CUDA."""
+    import torch
+
+    if device == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(num_threads or max(1, cores // max(1, local)))
+        torch.set_flush_denormal(True)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")

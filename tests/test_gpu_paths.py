@@ -17,7 +17,7 @@ from scalelab.lm.inference.engine import Engine, generate, generate_batch
 from scalelab.lm.inference.sampling import Sampler, sample_on_device, sample_rows
 from scalelab.lm.model import GPT, ModelConfig
 from scalelab.lm.train import loss as chunked_loss
-from scalelab.lm.train.loop import LossSum
+from scalelab.lm.train.loss import LossSum
 
 CFG = dict(vocab_size=97, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, max_seq_len=64)
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [7], [9] * 13 + [2], [3, 3]]

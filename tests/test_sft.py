@@ -79,7 +79,7 @@ def test_source_is_deterministic_and_epochs_cover_every_row() -> None:
 
 def test_all_masked_batch_gives_finite_zero_gradient() -> None:
     from scalelab.lm.model import GPT, ModelConfig
-    from scalelab.lm.train.loop import LossSum
+    from scalelab.lm.train.loss import LossSum
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=32, n_layer=1, n_embd=32, n_head=2, n_kv_head=2, max_seq_len=16))

@@ -18,7 +18,8 @@ from data_fixtures import shakespeare_bytes
 
 from scalelab.common import UsageError, read_jsonl
 from scalelab.lm.data.loader import TokenSource
-from scalelab.lm.train.loop import TrainConfig, eval_sums, train
+from scalelab.lm.train.loop import TrainConfig, train
+from scalelab.lm.train.loss import eval_sums
 from scalelab.lm.train.optim import lr_at
 
 

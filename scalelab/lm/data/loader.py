@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from scalelab.common import UsageError, read_json
+from scalelab.common import UsageError, print0, read_json
 from scalelab.runs import RunDir
 
 
@@ -45,6 +45,19 @@ def to_device(batch: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     if torch.device(device).type == "cuda" and batch.device.type == "cpu":
         return batch.pin_memory().to(device, non_blocking=True)
     return batch.to(device, non_blocking=True)
+
+
+def check_same_data(saved: dict[str, Any], now: dict[str, Any], where: Any, allow: bool) -> None:
+    """A resume continues on the data it started on: a source's facts (row counts, data digest, mixture shares)
+    must match the checkpoint's; ``allow`` (--resume-on-new-data) turns the refusal into a warning."""
+    changed = [f"{k}: {saved[k]} -> {now[k]}" for k in now if k in saved and k != "sequences_per_step"
+               and saved[k] != now[k]]
+    if not changed:
+        return
+    if not allow:
+        raise UsageError(f"{where}: the training data differ from the checkpoint's (" + "; ".join(changed)
+                         + "); pass --resume-on-new-data to continue on the new data")
+    print0("warning: resuming on different data (" + "; ".join(changed) + ")")
 
 
 # ----------------------------------------------------------------------------------------------- token shards

@@ -113,3 +113,33 @@ def sample_completions(model, prompts: list[str], tokenizer_path: Path | None, m
 
         release_fused_weights(model)  # training changes the weights before the next sample: free the copy now
     return out
+
+
+def sampling_model(model: torch.nn.Module, is_main: bool, fsdp: bool, device: str) -> torch.nn.Module | None:
+    """The model rank 0 samples from at an evaluation, None on other ranks. FSDP weights are DTensor shards the
+    decoder cannot index, so every rank gathers the full weights (a collective) and rank 0 samples from a copy."""
+    if not fsdp:
+        return model if is_main else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from scalelab.lm.model import GPT
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main:
+        return None
+    copy = GPT(model.config)
+    copy.load_state_dict(state, strict=False)  # a tied output layer comes with the embedding
+    return copy.to(device).eval()
+
+
+def log_eval(run: RunDir, stage: str, res: dict) -> None:
+    """An evaluation's record: a metrics line, the printed validation loss and samples, the loss plot redrawn."""
+    from scalelab.common import append_jsonl, print0
+
+    append_jsonl(run.metrics_jsonl, res)
+    bpb = f", val bpb {res['val_bpb']:.4f}" if res["val_bpb"] is not None else ""
+    if res["val_loss"] is not None:
+        print0(f"\nstep {res['step']}: val loss {res['val_loss']:.4f}{bpb}")
+    for s in res.get("samples", []):
+        print0(f"  sample {s.get('prompt', '')!r} -> {s.get('completion', s.get('error'))!r}")
+    plot_loss(run, stage)

@@ -10,15 +10,8 @@ DDP/FSDP2 under torchrun, evaluation (loss + bits per byte + samples), metrics, 
 per-token losses over the whole global batch divided by its number of unmasked targets (all ranks and micro-steps),
 so masked SFT batches weigh tokens equally and an all-masked batch gives a zero gradient, never NaN.
 
-Time budget (``--time-budget MIN``): preflight's timed steps give a first plan; then at every log step the
-planned total is re-fitted to the wall time left and the measured seconds per step (training time per step: the
-median of the last 3 log windows; plus evaluation/checkpoint time amortised over the steps so far; the latest
-evaluation + save is reserved for the end), until the LR decay starts; from then on the total is frozen so the decay
-always completes. ``--schedule auto`` (default) is wsd under a budget: re-planning only moves the end of the constant
-phase (cosine re-planning re-stretches the curve). The planned total is saved in trainer_state and a resumed run
-continues from it. A run found late starts its decay at once; a run past 1.5x its budget stops (then without
-completing its decay: a safety stop for a machine that became much slower). Under torchrun rank 0's plan is
-broadcast.
+Time budget (``--time-budget MIN``): the planned total is re-fitted to the measured speed at each log step until
+the LR decay starts (see optim.py); the plan is saved in trainer_state, so a resumed run continues it.
 
 Command line: ``scalelab pretrain --run runs/demo --model micro --time-budget 5`` (scalelab/cli/pretrain.py);
 under torchrun the same command runs DDP (``--parallel ddp``, default) or FSDP2 (``--parallel fsdp``).
@@ -29,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import signal
 import time
 from collections.abc import Iterable
@@ -37,25 +29,29 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from scalelab.common import (
     RunLock,
+    StopFlag,
     UsageError,
     append_jsonl,
+    broadcast_int,
     destroy_distributed,
+    dist_sum,
     init_distributed,
     print0,
     progress,
     resolve_device,
     resolve_dtype,
     seed_everything,
+    setup_backend,
     torch_dtype,
 )
 from scalelab.config import save_config, to_dict
 from scalelab.lm import checkpoint as ckpt
 from scalelab.lm.data.loader import (
     BatchSource,
+    check_same_data,
     load_meta,
     load_token_bytes,
     to_device,
@@ -65,79 +61,17 @@ from scalelab.lm.data.loader import (
 from scalelab.lm.model import GPT
 from scalelab.lm.train import preflight
 from scalelab.lm.train.config import TrainConfig, batch_geometry, model_config, validate
-from scalelab.lm.train.log import plot_loss, sample_completions, truncate_metrics
-from scalelab.lm.train.loss import linear_cross_entropy
-from scalelab.lm.train.optim import build_optimizer, lr_at, peak_tflops, replan_total, resolve_schedule
+from scalelab.lm.train.log import log_eval, plot_loss, sample_completions, sampling_model, truncate_metrics
+from scalelab.lm.train.loss import LossSum, val_sums
+from scalelab.lm.train.optim import (
+    build_optimizer,
+    lr_at,
+    peak_tflops,
+    replan_total,
+    resolve_schedule,
+    seconds_per_step,
+)
 from scalelab.runs import RunDir
-
-
-class LossSum(nn.Module):
-    """Sum of token cross-entropies (targets == -1 ignored), so the trainer can normalise over the global batch.
-
-    ``chunked`` (None: on CUDA, except under FSDP, whose sharded output layer is only gathered inside the model's
-    forward): the output layer and the loss in chunks of rows (lm/train/loss.py), never the whole batch's fp32
-    logits at once."""
-
-    def __init__(self, model: nn.Module, chunked: bool | None = None) -> None:
-        super().__init__()
-        self.model = model
-        if chunked is None:
-            chunked = next(model.parameters()).is_cuda and not hasattr(model, "reshard")  # FSDP2 modules reshard
-        self.chunked = chunked
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.chunked:
-            h, _ = self.model(x, hidden=True)  # (B, T, C)
-            return linear_cross_entropy(h.reshape(-1, h.size(-1)), self.model.lm_head.weight, y)
-        logits, _ = self.model(x)  # (B, T, V) fp32
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum")
-
-
-class _StopFlag:
-    """First SIGINT/SIGTERM asks the loop to save and stop at the next step boundary; a second SIGINT aborts."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> _StopFlag:
-        with contextlib.suppress(ValueError):  # not the main thread: no handlers, the loop still runs
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _dist_sum(t: torch.Tensor, enabled: bool) -> torch.Tensor:
-    if enabled:
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-    return t
-
-
-def eval_sums(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """(sum of nats, number of targets, sum of nats over byte-carrying targets, their bytes) for one batch.
-
-    Targets == -1 are ignored; special tokens (0 bytes) are left out of both byte sums, so
-    bits per byte = nats_b / ln 2 / bytes does not depend on the tokenizer.
-    """
-    y = y.reshape(-1)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y, ignore_index=-1, reduction="none").double()
-    valid = y != -1
-    zero = torch.zeros((), dtype=torch.float64, device=logits.device)
-    if token_bytes is None:
-        return loss[valid].sum(), valid.sum().double(), zero, zero
-    b = token_bytes.to(y.device)[y.clamp(min=0)] * valid
-    return loss[valid].sum(), valid.sum().double(), loss[b > 0].sum(), b.sum().double()
 
 
 def train(cfg: TrainConfig, source: BatchSource | None = None, given: Iterable[str] | None = None,
@@ -180,7 +114,7 @@ class Trainer:
         self.fsdp = cfg.parallel == "fsdp" and self.dist
         if device.startswith("cuda") and self.dist:
             self.device = device = f"cuda:{info.local_rank}"
-        self._setup_backend()
+        setup_backend(self.device, self.world, self.cfg.num_threads)
         # ---- the model, its data and batch geometry
         self.data_meta = load_meta(self.run) if (source is None or self.run.data_meta.is_file()) else None
         self.found = start.step_dir if start.kind == "resume" else None
@@ -215,17 +149,6 @@ class Trainer:
         self.windows: list[float] = []
 
     # ------------------------------------------------------------------------------------------------ setup
-    def _setup_backend(self) -> None:
-        if self.device == "cpu":
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            torch.set_num_threads(self.cfg.num_threads or max(1, cores // max(1, local)))
-            torch.set_flush_denormal(True)  # peaked softmax gradients are denormal-heavy and slow without this
-        if self.device.startswith("cuda"):
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            torch.set_float32_matmul_precision("high")
-
     def _build_model(self) -> GPT:
         cfg, run, start = self.cfg, self.run, self.start
         data_vocab = int(self.data_meta["vocab_size"]) if self.data_meta else None
@@ -348,25 +271,13 @@ class Trainer:
         if state.get("tokens_per_step") != self.tokens_per_step:
             raise UsageError(f"{self.found / ckpt.STATE_FILE}: saved tokens_per_step {state.get('tokens_per_step')} "
                              f"!= {self.tokens_per_step} now; keep --total-batch-tokens to resume exactly")
-        self._check_same_data(state.get("loader") or {})
+        check_same_data(state.get("loader") or {}, self.source.state_dict(), self.found / ckpt.STATE_FILE,
+                        self.cfg.resume_on_new_data)
         self.prev_elapsed = float(state.get("elapsed_s", 0.0))
         self.last_eval = state.get("last_eval")
         saved_cfg = self.start.meta.get("train_config") or {}
         if (saved_cfg.get("max_steps"), saved_cfg.get("time_budget")) == (self.cfg.max_steps, self.cfg.time_budget):
             self.saved_total = state.get("total_steps")
-
-    def _check_same_data(self, saved: dict[str, Any]) -> None:
-        """A resume continues on the data it started on: the source's facts (row counts, data digest, mixture
-        shares) must match the checkpoint's, unless --resume-on-new-data says otherwise."""
-        now = self.source.state_dict()
-        changed = [f"{k}: {saved[k]} -> {now[k]}" for k in now if k in saved and k != "sequences_per_step"
-                   and saved[k] != now[k]]
-        if not changed:
-            return
-        if not self.cfg.resume_on_new_data:
-            raise UsageError(f"{self.found / ckpt.STATE_FILE}: the training data differ from the checkpoint's ("
-                             + "; ".join(changed) + "); pass --resume-on-new-data to continue on the new data")
-        print0("warning: resuming on different data (" + "; ".join(changed) + ")")
 
     # ------------------------------------------------------------------------------------------------ steps
     def _micro(self, x: torch.Tensor, y: torch.Tensor, scale: float | torch.Tensor, last: bool) -> torch.Tensor:
@@ -403,25 +314,17 @@ class Trainer:
     def elapsed(self) -> float:
         return self.prev_elapsed + (time.perf_counter() - self.t_start)
 
-    @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, Any]:
         model = self.model
         model.eval()
-        z = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
-        nats, count, nats_b, nbytes = z(), z(), z(), z()
         tb = torch.from_numpy(self.token_bytes).to(self.device) if self.token_bytes is not None else None
-        for x, y in self.source.val_batches():
-            x, y = x.to(self.device), y.to(self.device)
-            with self._autocast():
-                logits, _ = model(x)
-            for acc, v in zip((nats, count, nats_b, nbytes), eval_sums(logits, y, tb)):
-                acc += v
-        stats = _dist_sum(torch.stack([nats, count, nats_b, nbytes]), self.dist).tolist()
+        sums = val_sums(model, self.source.val_batches(), self.device, self._autocast, tb)
+        stats = dist_sum(sums, self.dist).tolist()
         out: dict[str, Any] = {"stage": self.cfg.stage, "step": step,
                                "val_loss": stats[0] / stats[1] if stats[1] else None,
                                "val_bpb": stats[2] / math.log(2) / stats[3] if stats[3] else None}
         if self.cfg.sample_tokens > 0 and self.cfg.sample_prompts:
-            sampler = self._sampling_model()  # every rank takes part (FSDP gathers); rank 0 samples
+            sampler = sampling_model(self.model, self.info.is_main, self.fsdp, self.device)  # FSDP: every rank gathers
             if sampler is not None:
                 try:
                     with self._autocast():
@@ -432,20 +335,6 @@ class Trainer:
                     out["samples"] = [{"error": f"{type(e).__name__}: {e}"}]
         model.train()
         return out
-
-    def _sampling_model(self) -> nn.Module | None:
-        """The model rank 0 samples from, None elsewhere. Under FSDP the weights are DTensor shards the decoder
-        cannot index, so all ranks gather the full weights and rank 0 samples from a plain copy of them."""
-        if not self.fsdp:
-            return self.model if self.info.is_main else None
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        state = get_model_state_dict(self.model, options=self._state_options())
-        if not self.info.is_main:
-            return None
-        copy = GPT(self.mcfg)
-        copy.load_state_dict(state, strict=False)  # a tied output layer comes with the embedding
-        return copy.to(self.device).eval()
 
     # ------------------------------------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -494,7 +383,7 @@ class Trainer:
         loss_win = torch.zeros((), device=self.device)
         count_win = torch.zeros((), dtype=torch.float64, device=self.device)
         bar = progress(total=self.total_steps, initial=step, desc=f"{cfg.stage}", unit="step")
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while step < self.total_steps:
                 self.lr = lr_at(step, cfg.lr, self.total_steps, cfg.warmup_steps, self.schedule, cfg.min_lr_ratio,
                                 cfg.decay_frac)
@@ -505,7 +394,7 @@ class Trainer:
                 # (all-reduced there, used as a tensor), so no micro-step waits for the GPU
                 count = float(sum(int((y != -1).sum()) for _, y in batches))
                 if self.dist:
-                    count = _dist_sum(torch.tensor(count, dtype=torch.float64, device=self.device), True)
+                    count = dist_sum(torch.tensor(count, dtype=torch.float64, device=self.device), True)
                     scale = self.world / count.clamp(min=1.0)
                 else:
                     scale = self.world / max(count, 1.0)
@@ -524,7 +413,7 @@ class Trainer:
                 bar.update(1)
                 logged = step % cfg.log_every == 0 or step == self.total_steps
                 if logged:
-                    last_loss = float(_dist_sum(loss_win, self.dist)) / max(float(count_win), 1.0)
+                    last_loss = float(dist_sum(loss_win, self.dist)) / max(float(count_win), 1.0)
                     dt = time.perf_counter() - win_t
                     tok_rate = win_tokens / max(dt, 1e-9)
                     mfu = tok_rate * self.flops_per_token / (self.peak * 1e12 * self.world) if self.peak else None
@@ -591,23 +480,12 @@ class Trainer:
     def _replan(self, step: int, train_step_s: float, bar) -> None:
         """Re-fit the planned total to the time left (until the decay starts); rank 0's answer is broadcast."""
         cfg = self.cfg
-        done = max(1, step - self.start_step)
-        # seconds per training step: the median of the last 3 log windows (the faster of the first 2), so one
-        # busy window, or the first one with its warm-up, does not move the plan and a lasting change does; plus
-        # evaluation/checkpoint time amortised over the steps so far
         self.windows = (self.windows + [train_step_s])[-3:]
-        recent = sorted(self.windows)
-        step_s = recent[1] if len(recent) == 3 else recent[0]
-        step_s += self.pause_total / done
+        step_s = seconds_per_step(self.windows, self.pause_total, max(1, step - self.start_step))
         reserve = self.last_pause or 0.02 * cfg.time_budget * 60  # the final evaluation + checkpoint
         remaining = cfg.time_budget * 60 - self.elapsed() - reserve
         new = replan_total(step, self.total_steps, remaining, step_s, cfg.max_steps, self.schedule, cfg.decay_frac)
-        if self.dist:
-            import torch.distributed as dist
-
-            t = torch.tensor(new, dtype=torch.int64, device=self.device)
-            dist.broadcast(t, src=0)
-            new = int(t.item())
+        new = broadcast_int(new, self.device, self.dist)
         if new != self.total_steps:
             self.total_steps = new
             bar.total = new
@@ -617,10 +495,4 @@ class Trainer:
         res = self.evaluate(step)
         self.last_eval = {k: res[k] for k in ("val_loss", "val_bpb")}
         if self.info.is_main:
-            append_jsonl(self.run.metrics_jsonl, res)
-            bpb = f", val bpb {res['val_bpb']:.4f}" if res["val_bpb"] is not None else ""
-            if res["val_loss"] is not None:
-                print0(f"\nstep {step}: val loss {res['val_loss']:.4f}{bpb}")
-            for s in res.get("samples", []):
-                print0(f"  sample {s.get('prompt', '')!r} -> {s.get('completion', s.get('error'))!r}")
-            plot_loss(self.run, self.cfg.stage)
+            log_eval(self.run, self.cfg.stage, res)

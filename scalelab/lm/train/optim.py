@@ -11,9 +11,13 @@ Schedules (``step`` counts finished optimizer steps, so the first update uses ``
 ``schedule="auto"`` (the TrainConfig default) resolves to wsd under a time budget and cosine otherwise
 (``resolve_schedule``).
 
-Under a time budget the trainer re-plans ``total_steps`` at every log step from the measured speed
-(``replan_total``) until the decay phase starts (``decay_start``); after that the total is frozen so the decay
-always runs to its end. For wsd and constant, moving the end of the stable phase never changes an LR already used;
+Under a time budget (``--time-budget MIN``) preflight's timed steps give a first plan; then at every log step the
+trainer re-plans ``total_steps`` (``replan_total``) from the wall time left and the measured seconds per step (the
+median of the last 3 log windows, plus evaluation/checkpoint time amortised over the steps so far; the latest
+evaluation + save is reserved for the end) until the decay phase starts (``decay_start``); after that the total is
+frozen so the decay always runs to its end. A run found late starts its decay at once; a run past 1.5x its budget
+stops (a safety stop for a machine that became much slower); under torchrun rank 0's plan is broadcast.
+For wsd and constant, moving the end of the stable phase never changes an LR already used;
 for cosine, re-planning re-stretches the remaining curve (small LR changes between log steps) and freezes once the
 last ``decay_frac`` of the run begins.
 
@@ -122,3 +126,11 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     extra = {"fused": True} if device.startswith("cuda") else {}
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, **extra)
+
+
+def seconds_per_step(windows: list[float], pause_total: float, steps_done: int) -> float:
+    """Training seconds per step for the plan: the median of the last 3 log windows (the faster of the first 2), so
+    one busy window, or the first with its warm-up, does not move the plan and a lasting change does; plus the
+    evaluation/checkpoint time so far spread over the steps done."""
+    recent = sorted(windows[-3:])
+    return (recent[1] if len(recent) == 3 else recent[0]) + pause_total / max(1, steps_done)
