@@ -625,3 +625,29 @@ def test_trainer_samples_do_not_keep_a_decoding_copy_of_the_weights() -> None:
     out = sample_completions(model, ["", "x"], None, 4, seed=0)
     assert len(out) == 2 and all("completion" in o for o in out)
     assert model not in _FUSED  # released: training would change the weights before the next sample
+
+
+@pytest.mark.parametrize("where", ["step", "admit"])
+def test_out_of_memory_fails_those_requests_and_the_engine_serves_on(monkeypatch, where: str) -> None:
+    from scalelab.lm.inference import batching
+
+    model = random_model(max_seq_len=256)
+    real = getattr(batching.Batch, where)
+    calls = {"n": 0}
+
+    def flaky(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second admission / step runs out of device memory
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *args)
+
+    monkeypatch.setattr(batching.Batch, where, flaky)
+    with Engine(model, max_batch=4) as engine:
+        first = engine.submit([1, 2, 3], max_tokens=4, temperature=0)
+        assert first.wait(60)
+        hit = engine.submit([4, 5], max_tokens=4, temperature=0)
+        assert hit.wait(60) and hit.finish_reason in ("error", "length")
+        after = engine.submit([6, 7], max_tokens=4, temperature=0)
+        assert after.wait(60) and after.finish_reason == "length" and after.completion_tokens == 4
+        failed = [r for r in (first, hit) if r.finish_reason == "error"]
+        assert len(failed) == 1 and "out of memory" in str(failed[0].error)

@@ -64,6 +64,12 @@ __all__ = ["AUTO_MAX_DELAY", "Decoder", "Engine", "QueueFull", "Request", "Sampl
 T = TypeVar("T")
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """A device allocation failure (CUDA's, or a backend's RuntimeError saying so), which one request can cause
+    without the engine being broken."""
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
+
+
 class QueueFull(Exception):
     """The engine's waiting queue holds ``max_queue`` requests already (an HTTP server answers 429)."""
 
@@ -415,8 +421,13 @@ class Engine:
                 for row in admit:
                     if row.cancelled():
                         row.request.emit("", "cancelled")
-                    else:
+                        continue
+                    try:
                         self.tokens += batch.admit(row)  # with the CPU kernels, the prompt goes in with the step
+                    except Exception as e:
+                        if not out_of_memory(e):
+                            raise
+                        self._drop([i for i, r in enumerate(batch.rows) if r is row] , e, [row])
                 gone = [i for i, r in enumerate(batch.rows) if r.cancelled()]
                 for i in gone:
                     batch.rows[i].request.emit("", "cancelled")
@@ -426,7 +437,13 @@ class Engine:
                 if batch.rows:
                     self._wakeups.interval = auto_stream_interval(len(batch.rows), step_time)
                     t = time.perf_counter()
-                    self.tokens += batch.step()
+                    try:
+                        self.tokens += batch.step()
+                    except Exception as e:  # the device ran out of memory: fail this step's requests, go on
+                        if not out_of_memory(e):
+                            raise
+                        self._drop(list(range(len(batch.rows))), e)
+                        continue
                     self.steps += 1
                     dt = time.perf_counter() - t
                     step_time = dt if not step_time else step_time + 0.1 * (dt - step_time)  # a running mean
@@ -435,6 +452,17 @@ class Engine:
             self._fail(e)
             raise
         self._fail(None)
+
+    def _drop(self, rows: list[int], error: BaseException, extra: list[Any] = ()) -> None:
+        """Fail the requests of ``rows`` (and ``extra`` ones not in the batch yet) with ``error``, free their rows
+        and the allocator's cache, so the requests that come next are served."""
+        batch = self._batch
+        for row in [batch.rows[i] for i in rows] + [r for r in extra if all(r is not batch.rows[i] for i in rows)]:
+            row.request.emit("", "error", error)
+        batch.retire(rows)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._wakeups.flush()
 
     def _fail(self, error: BaseException | None) -> None:
         with self._cv:
