@@ -115,7 +115,7 @@ def test_long_text_is_cut_at_blank_lines_and_round_trips(tmp_path: Path) -> None
     assert max(len(p) for p in pieces) < 1000 + 200
     assert docs(str(tmp_path / "long.txt"), doc_max_bytes=0) == ["".join(paras)]
     # the streaming reader (files over WHOLE_FILE_BYTES) cuts identically
-    import scalelab.lm.data.corpus as corpus
+    import scalelab.lm.data.readers as corpus
 
     old = corpus.WHOLE_FILE_BYTES
     corpus.WHOLE_FILE_BYTES = 0
