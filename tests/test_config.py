@@ -96,3 +96,20 @@ def test_site_packages_is_a_corpus_source() -> None:
     assert docs and any("def safe_load" in d for d in docs)
     with pytest.raises(UsageError, match="no-such-package"):
         parse_source("site-packages/no-such-package")
+
+
+def test_every_command_that_takes_a_run_also_takes_run_dir() -> None:
+    """torchrun claims any flag spelled --run...: every command offers --run-dir for the same field."""
+    import dataclasses
+    import importlib
+
+    from scalelab.__main__ import COMMANDS
+
+    found = 0
+    for module_name, _ in COMMANDS.values():
+        module = importlib.import_module(module_name)
+        for obj in vars(module).values():
+            if dataclasses.is_dataclass(obj) and isinstance(obj, type) and "run" in obj.__dataclass_fields__:
+                assert parse_config(obj, ["--run-dir", "runs/x"]).run == "runs/x", obj.__name__
+                found += 1
+    assert found >= 8
