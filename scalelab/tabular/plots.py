@@ -93,3 +93,27 @@ def plot_compute(result: dict[str, Any], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_bench(result: dict[str, Any], path: str | Path) -> None:
+    """Grinsztajn-style summary: normalised test score (per data set and size, best model 1, worst 0) averaged over
+    data sets against training size, one line per family (left) and per model (right)."""
+    norm = result["normalised"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    sizes: set[float] = set()
+    for ax, key, title in ((axes[0], "families", "per family (its best model on each set)"),
+                           (axes[1], "models", "per model")):
+        for name, s in sorted(norm[key].items()):
+            ax.plot(s["sizes"], s["mean"], marker="o", ms=3, label=name)
+            sizes.update(s["sizes"])
+        format_size_axis(ax, sorted(sizes))
+        ax.set_xlabel("training examples")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel(f"normalised test score (mean over {len(result['datasets'])} data sets)")
+    fig.suptitle("tabular-bench: " + ", ".join(result["datasets"]), fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
