@@ -95,7 +95,7 @@ def load_entry(spec: str, cfg: BenchConfig, weights: dict[str, str]) -> Entry:
                               else cfg.n_features}
         ds = load_dataset(what, **kw)
     Xp, yp, Xt, yt = split(ds, cfg.test_fraction, cfg.max_test)
-    cap = rows or cfg.max_train or len(yp)
+    cap = rows or cfg.max_train or max(cfg.sizes)  # no cap: every size in --sizes is asked of this set
     sizes = sorted({s for s in cfg.sizes if s <= cap})
     where = ds.source or ds.name
     if not sizes:
@@ -133,7 +133,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         if m not in MODELS:
             check_models([m], "classification")
         check_models([m], next(iter(MODELS[m])), weights)
-    entries = [load_entry(spec, cfg, weights) for spec in progress(cfg.datasets, desc="load data", unit="set")]
+    entries = [load_entry(spec, cfg, weights) for spec in cfg.datasets]  # all bad input surfaces before any fit
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise UsageError(f"--datasets names a data set twice: {', '.join(names)}")
@@ -146,6 +146,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     bar = progress(jobs, desc="tabular-bench", unit="cell")
     for e, m, n, s in bar:
         kw = model_overrides(m, n, None, weights, cfg.device)
+        if m in ("mlp", "mlp_ple"):
+            kw["num_threads"] = cfg.threads  # torch's own pool, which threadpoolctl does not govern
         key = cell_key(e, m, {k: v for k, v in kw.items() if k != "device"}, cfg)
         path = out / "cells" / e.name / m / f"n{n}_s{s}.json"
         old = read_json(path) if path.is_file() else None
@@ -175,8 +177,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 def _errors(e: Entry, m: str, cells: dict, seeds: list[int]) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Sizes where every seed is done, with (n_sizes, n_seeds) scores and fit seconds."""
     sizes = [n for n in e.sizes if all((e.name, m, n, s) in cells for s in seeds)]
-    scores = np.array([[cells[(e.name, m, n, s)]["score"] for s in seeds] for n in sizes]).reshape(len(sizes), -1)
-    secs = np.array([[cells[(e.name, m, n, s)]["fit_seconds"] for s in seeds] for n in sizes]).reshape(len(sizes), -1)
+    shape = (len(sizes), len(seeds))
+    scores = np.array([[cells[(e.name, m, n, s)]["score"] for s in seeds] for n in sizes]).reshape(shape)
+    secs = np.array([[cells[(e.name, m, n, s)]["fit_seconds"] for s in seeds] for n in sizes]).reshape(shape)
     return sizes, scores, secs
 
 
@@ -189,12 +192,13 @@ def summarize(entries: list[Entry], cells: dict, cfg: BenchConfig) -> dict[str, 
         boots: dict[str, Any] = {}
         for m in e.models:
             sizes, scores, secs = _errors(e, m, cells, seeds)
-            errs = np.array([[error(task, v) for v in row] for row in scores]).reshape(len(sizes), -1)
+            errs = np.array([[error(task, v) for v in row] for row in scores]).reshape(scores.shape)
             fit = fit_power_law(sizes, errs.mean(1)) if len(sizes) >= 3 else None
             boots[m] = bootstrap_fits(sizes, errs, cfg.n_boot) if fit else []
             floor = fit.floor if fit else None
-            per_model[m] = {"family": FAMILY[m], "sizes": sizes, "mean": scores.mean(1).tolist(),
-                            "std": scores.std(1).tolist(), "fit_seconds": secs.mean(1).tolist(),
+            per_model[m] = {"family": FAMILY[m], "sizes": sizes, "mean": scores.mean(1).tolist() if sizes else [],
+                            "std": scores.std(1).tolist() if sizes else [],
+                            "fit_seconds": secs.mean(1).tolist() if sizes else [],
                             "errors": errs.tolist(), "fit": fit.to_dict() if fit else None,
                             "fitted_floor_error": floor,
                             "fitted_floor_score": None if floor is None else (1 - floor if task == "classification"
