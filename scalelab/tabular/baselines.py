@@ -20,12 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import LabelEncoder, OneHotEncoder, StandardScaler
 from sklearn.svm import SVC, SVR
+from sklearn.utils.validation import check_is_fitted
 
 from scalelab.common import UsageError
 from scalelab.tabular.datasets import Dataset
@@ -80,11 +83,33 @@ def _lightgbm(task: str, rs: Any, **kw: Any) -> Any:
     return cls(random_state=rs, n_jobs=1, verbose=-1, **kw)
 
 
+class LabelEncoded(ClassifierMixin, BaseEstimator):
+    """A classifier fitted on labels 0..k-1 (what XGBoost insists on) that predicts the original labels."""
+
+    def __init__(self, estimator: Any = None) -> None:
+        self.estimator = estimator
+
+    def fit(self, X: Any, y: Any) -> LabelEncoded:
+        self.encoder_ = LabelEncoder().fit(y)
+        self.classes_ = self.encoder_.classes_
+        self.estimator_ = clone(self.estimator).fit(X, self.encoder_.transform(y))
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        return self.estimator_.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        return self.classes_[np.asarray(self.estimator_.predict(X)).astype(int).ravel()]
+
+
 def _xgboost(task: str, rs: Any, **kw: Any) -> Any:
     import xgboost
 
-    cls = xgboost.XGBClassifier if task == "classification" else xgboost.XGBRegressor
-    return cls(random_state=rs, n_jobs=1, tree_method="hist", **kw)
+    if task == "classification":
+        return LabelEncoded(xgboost.XGBClassifier(random_state=rs, n_jobs=1, tree_method="hist", **kw))
+    return xgboost.XGBRegressor(random_state=rs, n_jobs=1, tree_method="hist", **kw)
 
 
 def _catboost(task: str, rs: Any, **kw: Any) -> Any:
