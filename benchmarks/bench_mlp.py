@@ -30,8 +30,8 @@ from sklearn.neural_network import MLPClassifier as SkMLP
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from scalelab.tabular.datasets import load_dataset
 from scalelab.tabular import MLPClassifier
+from scalelab.tabular.datasets import load_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
