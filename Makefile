@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) -e '.[test,data,export]' 2>&1 | grep -v 'is ignored: it is neither a file nor a directory' || true
+	$(PIP) -e '.[test,data,export,trees]' 2>&1 | grep -v 'is ignored: it is neither a file nor a directory' || true
 	$(BIN)/python -c "import scalelab, torch, sklearn, tokenizers, transformers, fastapi" 
 	touch $(STAMP)
 

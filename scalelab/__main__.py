@@ -14,6 +14,8 @@ from scalelab.common import UsageError, dist_info
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "curves": ("scalelab.cli.curves", "learning curves: MLP vs classical baselines over training-set size"),
+    "tabular-bench": ("scalelab.cli.tabular_bench", "many data sets x every model: normalised scores, crossovers, "
+                                                     "fitted floors, fit times"),
     "compute-curves": ("scalelab.cli.compute_curves", "test score vs training FLOPs over MLP width and epochs"),
     "tokenizer": ("scalelab.cli.tokenizer", "build the corpus, train a byte-level BPE tokenizer, write token shards"),
     "pretrain": ("scalelab.cli.pretrain", "pretrain a Llama-style Transformer on the token shards"),

@@ -10,7 +10,7 @@ import pytest
 from data_fixtures import needs_sets
 
 from scalelab.__main__ import main
-from scalelab.tabular.curves import CurvesConfig, crossover, run_curves
+from scalelab.tabular.curves import CurvesConfig, run_curves
 from scalelab.tabular.datasets import SHARED, load_dataset, make_teacher
 
 
@@ -76,11 +76,11 @@ def test_curves_cli_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
             "--mlp-epochs", "30", "--out", str(out)]
     assert main(argv) == 0
     result = json.loads((out / "curves.json").read_text())
-    assert set(result["models"]) == {"mlp", "svm", "logreg"}
+    assert set(result["models"]) == {"mlp", "mlp_ple", "hgb", "svm", "logreg"}
     for s in result["models"].values():
         assert s["sizes"] == [25, 100] and len(s["mean"]) == len(s["std"]) == len(s["fit_seconds"]) == 2
     assert "crossover_n" in result and result["floor"] is None
-    assert (out / "curves.png").stat().st_size > 1000 and len((out / "curves.csv").read_text().splitlines()) == 13
+    assert (out / "curves.png").stat().st_size > 1000 and len((out / "curves.csv").read_text().splitlines()) == 21
     assert "crossover_n" in capsys.readouterr().out
     # a rerun with the same settings reuses every finished fit
     before = (out / "points.jsonl").read_text()
@@ -96,14 +96,6 @@ def test_compute_curves_cli(tmp_path: Path) -> None:
     flops = {(p["width"], p["epochs"]): p["flops"] for p in result["points"]}
     assert flops[(32, 10)] > flops[(32, 1)] == flops[(32, 10)] / 10 and flops[(32, 1)] > flops[(4, 1)]
     assert result["best_classical"]["model"] in ("svm", "logreg") and (out / "compute.png").is_file()
-
-
-def test_crossover_definition() -> None:
-    mk = lambda v: {"sizes": [10, 100, 1000, 10000], "mean": v}  # noqa: E731
-    assert crossover({"mlp": mk([0.5, 0.8, 0.7, 0.9]), "svm": mk([0.6, 0.7, 0.75, 0.8])}, True) == 10000
-    assert crossover({"mlp": mk([0.5, 0.8, 0.8, 0.9]), "svm": mk([0.6, 0.7, 0.75, 0.8])}, True) == 100
-    assert crossover({"mlp": mk([0.5, 0.8, 0.8, 0.7]), "svm": mk([0.6, 0.7, 0.75, 0.8])}, True) is None
-    assert crossover({"mlp": mk([2.0, 1.0, 0.5, 0.2]), "svm": mk([1.0, 1.1, 0.6, 0.3])}, False) == 100
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from scalelab.tabular.mlp import ACTIVATIONS, FlatMLP, MLPClassifier, MLPRegressor, training_flops
+from scalelab.tabular.fastnet import ACTIVATIONS, FlatMLP, training_flops
+from scalelab.tabular.mlp import MLPClassifier, MLPRegressor
 
 
 def _finite_difference_grad(f, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
     scalelab compute-curves --dataset teacher --n-train 4000 --out runs/compute_teacher
 
-FLOPs are counted from the layer shapes (``scalelab.tabular.mlp.training_flops``: forward, weight-gradient and
+FLOPs are counted from the layer shapes (``scalelab.tabular.fastnet.training_flops``: forward, weight-gradient and
 input-gradient matmuls per example seen), not guessed. Writes ``compute.json``, ``compute.csv`` and
 ``compute.png`` (with the floor and the best classical score at the same size drawn as lines).
 """
@@ -62,8 +62,6 @@ def run_compute(cfg: ComputeConfig) -> dict[str, Any]:
         raise UsageError("--widths, --epochs and --depth need positive values")
     baselines = [b for b in cfg.baselines if b != "mlp"]
     baselines = [b for b in baselines if b in check_models(baselines, ds.task)] if baselines else []
-    if ds.task == "regression":
-        baselines = [("linear" if b == "logreg" else b) for b in baselines]
     idx = subsample(yp, n, cfg.seed, ds.task)
     Xn, yn = Xp.iloc[idx], yp[idx]
     jobs = [(w, e) for w in sorted(set(cfg.widths)) for e in sorted(set(cfg.epochs))]

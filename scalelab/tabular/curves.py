@@ -3,7 +3,8 @@
     scalelab curves --dataset teacher --out runs/curves_teacher
     scalelab curves --data my.csv --target label --models mlp svm logreg --sizes 25 100 1000 --seeds 0 1 2
 
-Writes to --out: ``curves.json`` (per model: sizes, mean/std score, fit seconds; ``crossover_n``; ``floor``),
+Writes to --out: ``curves.json`` (per model: sizes, mean/std score, fit seconds, a power-law fit of the error with
+its floor; ``crossover_n`` from the fitted curves with a bootstrap interval over seeds; ``floor``),
 ``curves.csv`` (one row per fit), ``curves.png`` and ``points.jsonl``. Each finished fit is appended to
 ``points.jsonl`` at once, so a killed run resumes where it stopped when started again with the same settings.
 """
@@ -23,8 +24,9 @@ from sklearn.metrics import accuracy_score, mean_squared_error
 
 from scalelab.common import UsageError, append_jsonl, atomic_write_text, progress, read_jsonl, write_json
 from scalelab.config import to_dict
-from scalelab.tabular.baselines import check_models, default_mlp_params, make_model
+from scalelab.tabular.baselines import check_models, make_model, model_overrides, parse_weights
 from scalelab.tabular.datasets import Dataset, load_csv, load_dataset
+from scalelab.tabular.fits import PowerLawFit, bootstrap_fits, crossover_vs_all, fit_power_law
 
 
 @dataclass
@@ -38,7 +40,11 @@ class CurvesConfig:
     task: str = field(default="auto", metadata={"help": "auto, classification or regression (for --data)",
                                                 "choices": ["auto", "classification", "regression"]})
     models: list[str] = field(default_factory=list, metadata={
-        "help": "models to compare (mlp svm logreg | mlp svm linear ridge); empty = all for the task"})
+        "help": "models to compare: mlp mlp_ple hgb svm logreg (classification) | linear ridge (regression); "
+                "lightgbm xgboost catboost with the [trees] extra; tabpfn tabicl with [pfn] and --weights; "
+                "empty = the task's default set"})
+    weights: list[str] = field(default_factory=list, metadata={
+        "help": "MODEL=FILE weights of a pretrained model (tabpfn, tabicl); never downloaded"})
     sizes: list[int] = field(default_factory=list, metadata={"help": "training-set sizes (rows); empty = "
                                                                      "log-spaced from --min-size to all"})
     n_sizes: int = field(default=8, metadata={"help": "number of log-spaced sizes when --sizes is empty"})
@@ -54,6 +60,7 @@ class CurvesConfig:
     mlp_hidden: list[int] = field(default_factory=lambda: [128, 128], metadata={"help": "MLP hidden layer widths"})
     mlp_epochs: int = field(default=0, metadata={"help": "MLP max epochs (0 = by data size: 100 to 300)"})
     mlp_lr: float = field(default=2e-3, metadata={"help": "MLP Adam learning rate"})
+    n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the seeds for the crossover interval"})
     device: str = field(default="cpu", metadata={"help": "MLP device: cpu, cuda, auto"})
     out: str = field(default="runs/curves", metadata={"help": "output folder"})
 
@@ -119,38 +126,52 @@ def subsample(y_pool: np.ndarray, n: int, seed: int, task: str) -> np.ndarray:
     raise UsageError(f"cannot draw {n} training rows with two classes or more; use larger --sizes")
 
 
-def model_overrides(name: str, cfg: CurvesConfig, n: int) -> dict[str, Any]:
-    if name != "mlp":
-        return {}
-    kw = default_mlp_params(n)
-    kw.update(hidden_layer_sizes=tuple(cfg.mlp_hidden), learning_rate=cfg.mlp_lr, device=cfg.device)
+def mlp_flags(cfg: Any) -> dict[str, Any]:
+    """The plain MLP's settings from the --mlp-* flags."""
+    kw: dict[str, Any] = {"hidden_layer_sizes": tuple(cfg.mlp_hidden), "learning_rate": cfg.mlp_lr}
     if cfg.mlp_epochs:
         kw["max_epochs"] = cfg.mlp_epochs
     return kw
 
 
-def crossover(summary: dict[str, dict[str, Any]], greater_is_better: bool) -> int | None:
-    """Smallest size from which the MLP beats every other model at every larger size (None if it never does)."""
-    if "mlp" not in summary or len(summary) < 2:
-        return None
-    sizes = summary["mlp"]["sizes"]
-    sign = 1.0 if greater_is_better else -1.0
-    wins = []
-    for i, _ in enumerate(sizes):
-        mine = sign * summary["mlp"]["mean"][i]
-        wins.append(all(mine > sign * s["mean"][i] for m, s in summary.items() if m != "mlp"))
-    first = None
-    for i in range(len(sizes) - 1, -1, -1):
-        if not wins[i]:
-            break
-        first = sizes[i]
-    return first
+def error(task: str, score_: float) -> float:
+    """What the power law is fitted to: 1 - accuracy, or the MSE."""
+    return 1.0 - score_ if task == "classification" else score_
+
+
+def fit_cell(ds: Dataset, model: str, Xp: pd.DataFrame, yp: np.ndarray, Xt: pd.DataFrame, yt: np.ndarray,
+             n: int, seed: int, overrides: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """Fit ``model`` on ``n`` rows drawn with ``seed`` and score it on the test rows: one cell of a curve.
+    ``threads`` caps BLAS/OpenMP threads for the fit (every model the same, so fit times compare)."""
+    from threadpoolctl import threadpool_limits
+
+    idx = subsample(yp, n, seed, ds.task)
+    pipe = make_model(model, ds, random_state=seed, **overrides)
+    with threadpool_limits(threads):
+        t0 = time.perf_counter()
+        pipe.fit(Xp.iloc[idx], yp[idx])
+        fit_s = time.perf_counter() - t0
+        s = score(ds.task, yt, pipe.predict(Xt))
+    return {"score": s, "fit_seconds": fit_s}
+
+
+def curve_fits(task: str, models: list[str], sizes: list[int], points: list[dict[str, Any]], n_boot: int,
+               seeds: list[int]) -> tuple[dict[str, PowerLawFit | None], dict[str, list[PowerLawFit | None]]]:
+    """Power-law fits to each model's mean error over seeds, and ``n_boot`` bootstrap refits (paired over models)."""
+    fits, boots = {}, {}
+    for m in models:
+        errs = np.array([[error(task, next(p["score"] for p in points if p["model"] == m and p["size"] == n
+                                           and p["seed"] == s)) for s in seeds] for n in sizes])
+        fits[m] = fit_power_law(sizes, errs.mean(1))
+        boots[m] = bootstrap_fits(sizes, errs, n_boot, seed=0)
+    return fits, boots
 
 
 def run_curves(cfg: CurvesConfig) -> dict[str, Any]:
     """Fit every (model, size, seed), write the outputs, return the summary (what curves.json holds)."""
     ds = load_from_config(cfg)
-    models = check_models(cfg.models, ds.task)
+    weights = parse_weights(cfg.weights)
+    models = check_models(cfg.models, ds.task, weights)
     Xp, yp, Xt, yt = split(ds, cfg.test_fraction, cfg.max_test, cfg.max_train)
     where = ds.source or ds.name
     sizes = sorted(set(cfg.sizes)) if cfg.sizes else log_sizes(len(yp), cfg.n_sizes, cfg.min_size)
@@ -172,13 +193,8 @@ def run_curves(cfg: CurvesConfig) -> dict[str, Any]:
         if (m, n, s) in done:
             continue
         bar.set_postfix_str(f"{m} n={n} seed={s}")
-        idx = subsample(yp, n, s, ds.task)
-        pipe = make_model(m, ds, random_state=s, **model_overrides(m, cfg, n))
-        t0 = time.perf_counter()
-        pipe.fit(Xp.iloc[idx], yp[idx])
-        fit_s = time.perf_counter() - t0
-        point = {"config": key, "model": m, "size": n, "seed": s, "score": score(ds.task, yt, pipe.predict(Xt)),
-                 "fit_seconds": fit_s}
+        kw = model_overrides(m, n, mlp_flags(cfg), weights, cfg.device)
+        point = {"config": key, "model": m, "size": n, "seed": s, **fit_cell(ds, m, Xp, yp, Xt, yt, n, s, kw)}
         append_jsonl(points_path, point)
         done[(m, n, s)] = point
     points = [done[j] for j in jobs]
@@ -197,6 +213,13 @@ def summarize(points: list[dict[str, Any]], models: list[str], sizes: list[int],
                       "mean": [float(np.mean([p["score"] for p in rows[n]])) for n in sizes],
                       "std": [float(np.std([p["score"] for p in rows[n]])) for n in sizes],
                       "fit_seconds": [float(np.mean([p["fit_seconds"] for p in rows[n]])) for n in sizes]}
+    fits, boots = curve_fits(ds.task, models, sizes, points, getattr(cfg, "n_boot", 200), list(cfg.seeds))
+    for m in models:
+        summary[m]["fit"] = fits[m].to_dict() if fits[m] else None
+        summary[m]["fitted_floor"] = fits[m].floor if fits[m] else None  # as an error: 1 - accuracy, or MSE
+    cross = None
+    if "mlp" in models and len(models) > 1 and len(sizes) >= 3:
+        cross = crossover_vs_all(sizes, fits["mlp"], boots["mlp"], [(fits[m], boots[m]) for m in models if m != "mlp"])
     # one test set: the score's own sampling error (binomial for accuracy), to judge gaps to the floor
     se = None
     if classification and ds.floor is not None:
@@ -204,7 +227,10 @@ def summarize(points: list[dict[str, Any]], models: list[str], sizes: list[int],
     return {"dataset": ds.name, "source": ds.source, "task": ds.task,
             "metric": "accuracy" if classification else "mse", "greater_is_better": classification,
             "n_train_pool": n_pool, "n_test": n_test, "seeds": list(cfg.seeds), "models": summary,
-            "crossover_n": crossover(summary, classification), "floor": ds.floor, "floor_standard_error": se,
+            "crossover_n": round(cross["n"]) if cross and cross["n"] else None,
+            "crossover_interval": [cross["low"], cross["high"]] if cross else None,
+            "crossover_found": cross["found"] if cross else None,
+            "floor": ds.floor, "floor_standard_error": se,
             "config": to_dict(cfg)}
 
 
@@ -223,11 +249,19 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{result['dataset']}: {metric} on {result['n_test']} test rows "
              f"(mean over seeds {result['seeds']})",
              f"  {'model':<8} {'n=' + str(result['models'][next(iter(result['models']))]['sizes'][0]):>10} "
-             f"{'n=' + str(result['models'][next(iter(result['models']))]['sizes'][-1]):>10} {'fit s':>8}"]
+             f"{'n=' + str(result['models'][next(iter(result['models']))]['sizes'][-1]):>10} {'fit s':>8} "
+             f"{'fitted floor':>12}"]
     for m, s in result["models"].items():
-        lines.append(f"  {m:<8} {s['mean'][0]:>10.4f} {s['mean'][-1]:>10.4f} {s['fit_seconds'][-1]:>8.2f}")
+        floor = s.get("fitted_floor")
+        shown = "-" if floor is None else f"{(1 - floor if metric == 'accuracy' else floor):.4f}"
+        lines.append(f"  {m:<8} {s['mean'][0]:>10.4f} {s['mean'][-1]:>10.4f} {s['fit_seconds'][-1]:>8.2f} "
+                     f"{shown:>12}")
     if result["floor"] is not None:
         lines.append(f"  floor ({'Bayes accuracy' if metric == 'accuracy' else 'noise variance'}): "
                      f"{result['floor']:.4f}")
-    lines.append(f"  crossover_n (MLP above every other model from here on): {result['crossover_n']}")
+    interval = result.get("crossover_interval")
+    ci = (f" (90% interval over seeds {interval[0]:,.0f}-{interval[1]:,.0f}, in {result['crossover_found']:.0%} of "
+          f"resamples)") if interval and interval[0] is not None else ""
+    lines.append(f"  crossover_n (fitted MLP error below every other model's from here on): "
+                 f"{result['crossover_n']}{ci}")
     return "\n".join(lines)

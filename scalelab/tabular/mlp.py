@@ -27,186 +27,10 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU,
-                                           "logistic": nn.Sigmoid, "identity": nn.Identity}
-OPTIMIZERS = ("adam", "adamw", "sgd")
+from scalelab.tabular.fastnet import ACTIVATIONS, OPTIMIZERS, FlatMLP, FlatOptimizer, layer_shapes, training_flops
 
-
-def build_mlp(n_in: int, hidden: Sequence[int], n_out: int, activation: str = "relu",
-              generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-    """Linear -> activation -> ... -> Linear as an ``nn.Sequential``, initialised reproducibly (see ``FlatMLP``)."""
-    return FlatMLP(layer_shapes(n_in, hidden, n_out), activation, generator, dtype).to_sequential()
-
-
-class FlatMLP:
-    """An MLP whose weights live in one flat buffer, with a hand-written forward and backward pass.
-
-    Why not ``nn.Sequential`` + autograd + ``torch.optim``: for the small layers of tabular models a training step is
-    dominated by per-op overhead, not FLOPs. Here a step is ~20 kernel calls (the matmuls, activations, and one fused
-    Adam update over the single flat buffer); autograd plus a per-tensor optimizer is 3-10x more. The gradients are
-    checked against finite differences and autograd in ``tests/test_tabular_mlp.py``.
-
-    Weights are stored as (fan_in, fan_out) so that a layer is ``addmm(b, x, W)``. Initialisation is nn.Linear's:
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
-    """
-
-    def __init__(self, shapes: Sequence[tuple[int, int]], activation: str = "relu",
-                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        self.shapes = [(int(a), int(b)) for a, b in shapes]
-        self.activation = activation
-        flat = torch.empty(sum(a * b + b for a, b in self.shapes), dtype=dtype)
-        o = 0
-        for a, b in self.shapes:  # initialise on the CPU from the generator, so results do not depend on device
-            bound = 1.0 / math.sqrt(a)
-            flat[o:o + a * b + b].uniform_(-bound, bound, generator=generator)
-            o += a * b + b
-        self.flat = flat.to(device)
-        self.grad = torch.zeros_like(self.flat)
-        self.W, self.b = self._views(self.flat)
-        self.gW, self.gb = self._views(self.grad)
-        self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def _views(self, buf: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        Ws, bs, o = [], [], 0
-        for a, b in self.shapes:
-            Ws.append(buf[o:o + a * b].view(a, b))
-            bs.append(buf[o + a * b:o + a * b + b])
-            o += a * b + b
-        return Ws, bs
-
-    def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        """(B, fan_in) -> (B, n_out). With ``train``, keep what ``backward`` needs."""
-        fwd, _ = _ACT_FUNCS[self.activation]
-        keep_z = self.activation in ("gelu", "silu")  # their backward needs the pre-activation
-        cache = []
-        h = x
-        last = len(self.shapes) - 1
-        for i, (W, b) in enumerate(zip(self.W, self.b)):
-            z = torch.addmm(b, h, W)  # (B, fan_out)
-            if i < last:
-                a = fwd(z, inplace=not keep_z)
-                if train:
-                    cache.append((h, z if keep_z else a))
-                h = a
-            else:
-                if train:
-                    cache.append((h, z))
-                h = z
-        if train:
-            self._cache = cache
-        return h
-
-    def backward(self, grad_out: torch.Tensor) -> None:
-        """Given dLoss/dOutput (B, n_out), write dLoss/dParameters into ``self.grad`` (overwriting it)."""
-        _, bwd = _ACT_FUNCS[self.activation]
-        g = grad_out
-        for i in range(len(self.shapes) - 1, -1, -1):
-            h_in, _ = self._cache[i]
-            torch.mm(h_in.t(), g, out=self.gW[i])  # (fan_in, fan_out)
-            torch.sum(g, 0, out=self.gb[i])
-            if i > 0:
-                g = torch.mm(g, self.W[i].t())  # gradient w.r.t. the previous layer's activation
-                g = bwd(g, self._cache[i - 1][1])  # ... and w.r.t. its pre-activation
-        self._cache = []
-
-    def to_sequential(self) -> nn.Sequential:
-        """A plain ``nn.Sequential`` of ``nn.Linear`` with a copy of these weights (for users and predictions)."""
-        layers: list[nn.Module] = []
-        for i, ((a, b), W, bias) in enumerate(zip(self.shapes, self.W, self.b)):
-            lin = nn.Linear(a, b, dtype=self.flat.dtype, device=self.flat.device)
-            with torch.no_grad():
-                lin.weight.copy_(W.t())
-                lin.bias.copy_(bias)
-            layers.append(lin)
-            if i < len(self.shapes) - 1:
-                layers.append(ACTIVATIONS[self.activation]())
-        return nn.Sequential(*layers)
-
-
-def _relu_fwd(z: torch.Tensor, inplace: bool) -> torch.Tensor:
-    return z.relu_() if inplace else torch.relu(z)
-
-
-def _tanh_fwd(z: torch.Tensor, inplace: bool) -> torch.Tensor:
-    return z.tanh_() if inplace else torch.tanh(z)
-
-
-def _sigmoid_fwd(z: torch.Tensor, inplace: bool) -> torch.Tensor:
-    return z.sigmoid_() if inplace else torch.sigmoid(z)
-
-
-_aten = torch.ops.aten
-# activation name -> (forward(z, inplace), backward(grad, saved)); saved is the output, or the input for gelu/silu
-_ACT_FUNCS: dict[str, tuple[Any, Any]] = {
-    "relu": (_relu_fwd, lambda g, a: _aten.threshold_backward(g, a, 0)),
-    "tanh": (_tanh_fwd, lambda g, a: _aten.tanh_backward(g, a)),
-    "logistic": (_sigmoid_fwd, lambda g, a: _aten.sigmoid_backward(g, a)),
-    "identity": (lambda z, inplace: z, lambda g, a: g),
-    "gelu": (lambda z, inplace: nn.functional.gelu(z), lambda g, z: _aten.gelu_backward(g, z)),
-    "silu": (lambda z, inplace: nn.functional.silu(z), lambda g, z: _aten.silu_backward(g, z)),
-}
-
-
-class _FlatOptimizer:
-    """Adam / AdamW / SGD(momentum) on one flat tensor: one fused kernel per step (torch.optim's own kernels)."""
-
-    def __init__(self, kind: str, param: torch.Tensor, grad: torch.Tensor, lr: float, weight_decay: float,
-                 momentum: float) -> None:
-        self.kind, self.p, self.g = kind, param, grad
-        self.lr, self.wd, self.momentum = float(lr), float(weight_decay), float(momentum)
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-        self.step_t = torch.zeros((), dtype=torch.float32, device=param.device)
-        self.first = True
-        fused = getattr(torch, "_fused_adamw_" if kind == "adamw" else "_fused_adam_", None)
-        self._fused = fused if kind != "sgd" else getattr(torch, "_fused_sgd_", None)
-        if self._fused is None:  # an older or newer torch without these kernels
-            self._fallback = self._make_torch_optimizer()
-
-    def _make_torch_optimizer(self) -> torch.optim.Optimizer:
-        self.p = nn.Parameter(self.p, requires_grad=False)
-        self.p.grad = self.g
-        if self.kind == "sgd":
-            return torch.optim.SGD([self.p], lr=self.lr, momentum=self.momentum, weight_decay=self.wd)
-        cls = torch.optim.AdamW if self.kind == "adamw" else torch.optim.Adam
-        return cls([self.p], lr=self.lr, weight_decay=self.wd)
-
-    def step(self) -> None:
-        if self._fused is None:
-            self._fallback.step()
-        elif self.kind == "sgd":
-            self._fused([self.p], [self.g], [self.m] if self.momentum else [], weight_decay=self.wd,
-                        momentum=self.momentum, lr=self.lr, dampening=0.0, nesterov=False, maximize=False,
-                        is_first_step=self.first)
-        else:
-            self.step_t += 1
-            self._fused([self.p], [self.g], [self.m], [self.v], [], [self.step_t], lr=self.lr, beta1=0.9,
-                        beta2=0.999, weight_decay=self.wd, eps=1e-8, amsgrad=False, maximize=False)
-        self.first = False
-
-
-def layer_shapes(n_in: int, hidden: Sequence[int], n_out: int) -> list[tuple[int, int]]:
-    """(fan_in, fan_out) of every Linear layer."""
-    sizes = [n_in, *hidden, n_out]
-    return list(zip(sizes[:-1], sizes[1:]))
-
-
-def training_flops(n_in: int, hidden: Sequence[int], n_out: int, examples_seen: int) -> int:
-    """Matmul FLOPs of training, counted from the layer shapes.
-
-    Per example and layer (fan_in x fan_out): forward 2*in*out, weight gradient 2*in*out, input gradient 2*in*out
-    (not needed for the first layer, whose input is the data). Biases, activations and the optimizer are O(params)
-    per step, not per example, and are left out (under 2% here).
-    """
-    per_example = 0
-    for i, (a, b) in enumerate(layer_shapes(n_in, hidden, n_out)):
-        per_example += 2 * a * b * (2 if i == 0 else 3)
-    return int(per_example) * int(examples_seen)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class _BaseMLP(BaseEstimator):
@@ -216,6 +40,8 @@ class _BaseMLP(BaseEstimator):
         hidden_layer_sizes: widths of the hidden layers, e.g. (64, 64).
         activation: relu, tanh, gelu, silu, logistic or identity.
         optimizer: adam, adamw or sgd (with ``momentum``); learning_rate: its step size.
+        lr_schedule: constant, or cosine (decays to zero over ``max_epochs``, set per epoch: a fixed step size
+            keeps bouncing around the minimum, which costs accuracy on noisy labels).
         weight_decay: L2 coupled into the gradient for adam/sgd, decoupled for adamw (0 = none).
         max_epochs: passes over the training rows (scikit-learn's max_iter); batch_size: rows per step.
         early_stopping: hold out ``validation_fraction`` (stratified for classifiers), stop when the validation
@@ -227,7 +53,8 @@ class _BaseMLP(BaseEstimator):
     """
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (64, 64), activation: str = "relu",
-                 optimizer: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.9,
+                 optimizer: str = "adam", learning_rate: float = 1e-3, lr_schedule: str = "constant",
+                 momentum: float = 0.9,
                  weight_decay: float = 0.0, max_epochs: int = 200, batch_size: int = 64,
                  early_stopping: bool = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
                  tol: float = 1e-4, random_state: Any = None, device: str = "cpu", num_threads: int | None = None,
@@ -236,6 +63,7 @@ class _BaseMLP(BaseEstimator):
         self.activation = activation
         self.optimizer = optimizer
         self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
@@ -269,6 +97,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         hidden = self.hidden_layer_sizes
         if isinstance(hidden, int | np.integer):
             hidden = (int(hidden),)
@@ -316,7 +146,7 @@ class _BaseMLP(BaseEstimator):
                 X, X_val, T, T_val = train_test_split(X, T, test_size=self.validation_fraction, random_state=seed)
 
         net = FlatMLP(layer_shapes(X.shape[1], self._hidden, n_out), self.activation, gen, torch.float32, device)
-        opt = _FlatOptimizer(self.optimizer, net.flat, net.grad, self.learning_rate, self.weight_decay,
+        opt = FlatOptimizer(self.optimizer, net.flat, net.grad, self.learning_rate, self.weight_decay,
                              self.momentum)
         Xt = torch.from_numpy(np.ascontiguousarray(X)).to(device)
         Tt = torch.from_numpy(np.ascontiguousarray(T)).to(device)
@@ -332,7 +162,10 @@ class _BaseMLP(BaseEstimator):
         best, best_state, stall = -np.inf, None, 0
         t0 = time.perf_counter()
         epoch = 0
-        for epoch in range(1, int(self.max_epochs) + 1):
+        max_epochs = int(self.max_epochs)
+        for epoch in range(1, max_epochs + 1):
+            if self.lr_schedule == "cosine":
+                opt.set_lr(0.5 * self.learning_rate * (1 + math.cos(math.pi * (epoch - 1) / max_epochs)))
             perm = torch.randperm(n, generator=gen).to(device)
             Xs, Ts = Xt[perm], Tt[perm]  # shuffle once per epoch: every batch is then a contiguous view
             total = torch.zeros((), device=device)
