@@ -175,6 +175,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def claim_output_dir(path: str | Path, own: tuple[str, ...]) -> Path:
+    """The output folder of a command, created if missing; refused (nothing overwritten) when it is a file, or a
+    non-empty folder holding none of the command's own files ``own`` (another command's output, or the user's)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: exists and is a file; --out names a folder (nothing was overwritten)")
+    if path.is_dir() and any(path.iterdir()) and not any((path / name).exists() for name in own):
+        raise UsageError(f"{path}: exists and holds other files (none of {', '.join(own)}); choose another --out "
+                         "(nothing was overwritten)")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def usual_mode(path: Path) -> None:
     """Give a file or folder that mkstemp, mkdtemp or safetensors made owner-only the permissions the umask allows,
     so another user (an Ollama service, a shared group) can read weights and exports."""

@@ -119,3 +119,25 @@ def test_version_and_unknown_commands(capsys) -> None:
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"scalelab {version('scalelab')}"
     refused(["pretrian"], capsys, "unknown command 'pretrian' (did you mean 'pretrain'?)")
+
+
+def test_a_csv_with_an_infinite_value_names_line_and_column(tmp_path: Path, capsys) -> None:
+    rows = ["a,b,label"] + [f"{i / 7},{'inf' if i == 5 else i},{i % 2}" for i in range(60)]
+    (tmp_path / "x.csv").write_text("\n".join(rows) + "\n")
+    refused(["curves", "--data", str(tmp_path / "x.csv"), "--target", "label", "--models", "logreg", "--sizes", "20",
+             "--seeds", "0", "--out", str(tmp_path / "out")], capsys,
+            "x.csv: line 7: infinite value in column 'b'")
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_an_output_path_of_another_kind_is_never_overwritten(tmp_path: Path, capsys, what: str) -> None:
+    out = tmp_path / "taken"
+    if what == "file":
+        out.write_text("precious")
+    else:
+        out.mkdir()
+        (out / "notes.md").write_text("precious")
+    for command in (["curves", "--dataset", "digits", "--models", "logreg", "--sizes", "50", "--seeds", "0"],
+                    ["compute-curves", "--dataset", "digits"]):
+        refused([*command, "--out", str(out)], capsys, "nothing was overwritten")
+    assert (out if what == "file" else out / "notes.md").read_text() == "precious"

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scalelab.common import print0
+from scalelab.common import claim_output_dir, print0
 from scalelab.config import parse_config, save_config
 from scalelab.tabular.curves import CurvesConfig, format_table, run_curves
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(CurvesConfig, argv, prog="scalelab curves")
+    claim_output_dir(cfg.out, ("curves.json", "config.json"))
     result = run_curves(cfg)
     save_config(cfg, Path(cfg.out) / "config.json", section="curves")
     print0(format_table(result))

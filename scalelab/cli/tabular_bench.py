@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scalelab.common import print0
+from scalelab.common import claim_output_dir, print0
 from scalelab.config import parse_config, save_config
 from scalelab.tabular.bench import BenchConfig, format_report, run_bench
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(BenchConfig, argv, prog="scalelab tabular-bench")
+    claim_output_dir(cfg.out, ("bench.json", "cells", "config.json"))
     result = run_bench(cfg)
     save_config(cfg, Path(cfg.out) / "config.json", section="tabular_bench")
     print0(format_report(result))

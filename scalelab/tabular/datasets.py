@@ -81,6 +81,12 @@ def load_csv(path: str | Path, target: str, task: str = "auto", header: bool = T
         col = df.columns[nan_cols[0]]
         raise UsageError(f"{path}: line {nan_rows[0] + first_line}: missing value (NaN) in column '{col}' "
                          f"({len(nan_rows)} missing in all; fill or drop them first)")
+    numeric = df.select_dtypes(include="number")
+    inf_rows, inf_cols = np.nonzero(np.isinf(numeric.to_numpy(dtype=np.float64)))
+    if len(inf_rows):
+        col = numeric.columns[inf_cols[0]]
+        raise UsageError(f"{path}: line {inf_rows[0] + first_line}: infinite value in column '{col}' "
+                         f"({len(inf_rows)} in all; replace or drop them first)")
     categorical = list(categorical or [])
     for col in df.columns:
         if _is_text(df[col]) and col != target and col not in categorical:
