@@ -104,6 +104,10 @@ def test_hf_export_loads_offline_and_logits_match(exported, tmp_path_factory, ti
     from transformers import AutoModelForCausalLM
 
     out = exported[tie]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # not owner-only: a model server running as another user
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~mask for p in out.iterdir())
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["tie_word_embeddings"] is tie
     gen = json.loads((out / "generation_config.json").read_text())

@@ -65,11 +65,20 @@ def test_permutation_turns_rotate_half_into_llamacpp_interleaved_rope() -> None:
     assert not torch.equal(permute_qk(wk, n_kv), wk)
 
 
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @pytest.mark.parametrize("tie, dtype", [(False, "f32"), (False, "f16"), (True, "f16")])
 def test_gguf_reads_back(tmp_path, tmp_path_factory, tie: bool, dtype: str) -> None:
     run = tiny_run(tmp_path_factory, tie)
     out = tmp_path / f"model-{dtype}.gguf"
     assert main(["export", "--run", str(run), "--format", "gguf", "--gguf-dtype", dtype, "--out", str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # an Ollama service (another user) reads it
     model, _, _ = load_model(run)
     cfg = model.config
     reader = gguf.GGUFReader(str(out))
