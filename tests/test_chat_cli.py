@@ -28,17 +28,21 @@ def _cli(args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
                           env=ENV, timeout=120, cwd=Path(__file__).resolve().parents[1])
 
 
-@pytest.fixture(scope="module")
-def chat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder with a scalelab tokenizer (chat template included) and a chat checkpoint answering "ok"."""
+def scripted_run(root: Path, stage: str = "chat", step: int = 10) -> Path:
+    """A run folder with a scalelab tokenizer (chat template included) and one checkpoint answering "ok"."""
     from scalelab.lm.data.tokenizer import save_tokenizer
 
-    run = RunDir(tmp_path_factory.mktemp("chat") / "run")
+    run = RunDir(root)
     tok = make_tokenizer()
     save_tokenizer(tok, run.tokenizer_dir)
     model = scripted_model(tok, reply="ok", max_seq_len=64)
-    save_checkpoint(run, "chat", 10, model, {"model_config": model.config.to_dict()})
+    save_checkpoint(run, stage, step, model, {"model_config": model.config.to_dict()})
     return run.root
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return scripted_run(tmp_path_factory.mktemp("chat") / "run")
 
 
 @pytest.fixture(autouse=True)

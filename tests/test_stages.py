@@ -6,24 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_chat_cli import FLAGS
-from test_engine import make_tokenizer, scripted_model
+from test_chat_cli import FLAGS, scripted_run
 
 from scalelab.__main__ import main
-from scalelab.lm.checkpoint import resolve_checkpoint, save_checkpoint
-from scalelab.runs import RunDir
+from scalelab.lm.checkpoint import resolve_checkpoint
 
 
 @pytest.fixture(scope="module")
 def base_only(tmp_path_factory) -> Path:
-    from scalelab.lm.data.tokenizer import save_tokenizer
-
-    run = RunDir(tmp_path_factory.mktemp("stages") / "run")
-    tok = make_tokenizer()
-    save_tokenizer(tok, run.tokenizer_dir)
-    model = scripted_model(tok, reply="ok", max_seq_len=64)
-    save_checkpoint(run, "base", 3, model, {"model_config": model.config.to_dict()})
-    return run.root
+    return scripted_run(tmp_path_factory.mktemp("stages") / "run", stage="base", step=3)
 
 
 def test_a_base_only_run_is_served_sampled_and_evaluated_without_stage_flags(base_only: Path, capsys) -> None:

@@ -52,3 +52,21 @@ def report_training(stage: str, summary: dict[str, Any]) -> int:
         parts.append(f"{summary['tokens_per_s']:,.0f} tokens/s")
     print0(f"{stage}: " + ", ".join(parts) + f"; checkpoint {summary['checkpoint']}")
     return {"interrupted": 128 + signal.SIGINT, "terminated": 128 + signal.SIGTERM}.get(summary.get("stopped"), 0)
+
+
+def run_study(cls: type, argv: list[str] | None, prog: str, run: Any, report: Any, section: str,
+              outputs: tuple[str, str, str]) -> int:
+    """The shape every tabular study command shares: parse, claim --out (its own kind of output only), run, save
+    the resolved config, print the table and where the JSON, CSV/markdown and plot went."""
+    from pathlib import Path
+
+    from scalelab.common import claim_output_dir
+    from scalelab.config import parse_config, save_config
+
+    cfg = parse_config(cls, argv, prog=prog)
+    out = claim_output_dir(cfg.out, (outputs[0], "config.json"))
+    result = run(cfg)
+    save_config(cfg, Path(out) / "config.json", section=section)
+    print0(report(result))
+    print0(f"wrote {out / outputs[0]}, {out / outputs[1]}, plot {out / outputs[2]}")
+    return 0

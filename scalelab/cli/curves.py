@@ -6,19 +6,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from scalelab.common import claim_output_dir, print0
-from scalelab.config import parse_config, save_config
+from scalelab.cli import run_study
 from scalelab.tabular.curves import CurvesConfig, format_table, run_curves
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(CurvesConfig, argv, prog="scalelab curves")
-    claim_output_dir(cfg.out, ("curves.json", "config.json"))
-    result = run_curves(cfg)
-    save_config(cfg, Path(cfg.out) / "config.json", section="curves")
-    print0(format_table(result))
-    out = Path(cfg.out)
-    print0(f"wrote {out / 'curves.json'}, {out / 'curves.csv'}, plot {out / 'curves.png'}")
-    return 0
+    return run_study(CurvesConfig, argv, "scalelab curves", run_curves, format_table, "curves",
+                     ("curves.json", "curves.csv", "curves.png"))

@@ -6,19 +6,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from scalelab.common import claim_output_dir, print0
-from scalelab.config import parse_config, save_config
+from scalelab.cli import run_study
 from scalelab.tabular.bench import BenchConfig, format_report, run_bench
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(BenchConfig, argv, prog="scalelab tabular-bench")
-    claim_output_dir(cfg.out, ("bench.json", "cells", "config.json"))
-    result = run_bench(cfg)
-    save_config(cfg, Path(cfg.out) / "config.json", section="tabular_bench")
-    print0(format_report(result))
-    out = Path(cfg.out)
-    print0(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, plot {out / 'bench.png'}")
-    return 0
+    return run_study(BenchConfig, argv, "scalelab tabular-bench", run_bench, format_report, "tabular_bench",
+                     ("bench.json", "bench.md", "bench.png"))
