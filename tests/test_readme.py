@@ -43,6 +43,13 @@ SHELL: dict[str, str] = {
     "scalelab compute-curves --config configs/teacher_compute.yaml --out runs/compute":
         "scalelab compute-curves --config configs/teacher_compute.yaml --n-samples 600 --n-train 200 "
         "--widths 4 8 --epochs 1 2 --out runs/compute",
+    "scalelab tabular-bench --out runs/tabular_bench --seeds 0 1 --time-budget 30":
+        "scalelab tabular-bench --datasets teacher@400 --models logreg hgb --sizes 50 100 --max-test 200 "
+        "--seeds 0 1 --n-boot 20 --time-budget 30 --out runs/tabular_bench",
+    "scalelab tabular-bench --datasets uci_pendigits teacher@20000 my.csv:label --models mlp mlp_ple hgb lightgbm svm "
+    "logreg":
+        "scalelab tabular-bench --datasets my.csv:label --models mlp hgb svm logreg --sizes 25 50 --max-test 100 "
+        "--seeds 0 --n-boot 10 --out runs/bench_mine",
     # language model: the stdlib corpus (12 MB to encode) becomes the Shakespeare fixture, vocab 512, a nano model
     # for a few steps; the stdlib source itself is tested in tests/test_corpus.py and tests/test_data.py
     "scalelab tokenizer --run runs/lm --corpus stdlib --vocab-size 4096":
