@@ -111,7 +111,10 @@ def test_stream_interval_sends_fewer_longer_events(client, model_id, tiny_chat_r
         grouped = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         chunks = list(grouped.chat.completions.create(stream=True, **kwargs))
     texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert "".join(texts) == whole and 1 < len(texts) <= 2 + 15 // 4
+    assert "".join(texts) == whole and len(texts) <= 2 + 15 // 4
+    # text ending in a broken UTF-8 character (U+FFFD) is held back until it completes, so an undertrained model
+    # whose every token ends mid-character sends it all at the end; otherwise the events are grouped, not one
+    assert len(texts) > 1 or whole.count("\ufffd") >= 3
     for bad in (0, "0", "fast", "-2"):
         with pytest.raises(UsageError, match="--stream-interval"):
             ServeConfig(run=str(tiny_chat_run), stream_interval=bad).check()
