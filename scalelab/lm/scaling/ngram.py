@@ -30,21 +30,23 @@ class KneserNey:
         self.vocab_size = vocab_size
 
     def _keys(self, ids: np.ndarray, k: int) -> np.ndarray:
-        """Base-V keys of every k-gram of ``ids`` (length len(ids) - k + 1)."""
+        """Base-V keys of every k-gram of ``ids`` (length len(ids) - k + 1); for a 2-D array, of every row
+        separately (no k-gram spans two rows), flattened."""
         V = self.vocab_size
-        n = len(ids) - k + 1
-        key = np.zeros(max(n, 0), dtype=np.int64)
+        n = ids.shape[-1] - k + 1
+        key = np.zeros((*ids.shape[:-1], max(n, 0)), dtype=np.int64)
         for j in range(k):
-            key = key * V + ids[j:j + n]
-        return key
+            key = key * V + ids[..., j:j + n]
+        return key.reshape(-1)
 
     def fit(self, ids: np.ndarray) -> KneserNey:
+        """Count the k-grams of ``ids``: a token stream, or (rows, length) windows counted row by row."""
         if self.order < 1:
             raise ValueError("order must be at least 1")
         if float(self.vocab_size) ** self.order >= 2.0**62:
             raise ValueError(f"vocab_size {self.vocab_size} ** order {self.order} does not fit an int64 key")
         ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) < self.order:
+        if ids.ndim not in (1, 2) or ids.shape[-1] < self.order:
             raise ValueError(f"need at least {self.order} tokens to fit an order-{self.order} model")
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.vocab_size})")

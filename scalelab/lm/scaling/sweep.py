@@ -343,8 +343,20 @@ def run_point(cfg: ScalingConfig, p: dict[str, Any]) -> dict[str, Any]:
 def preflight_points(cfg: ScalingConfig, todo: list[dict[str, Any]]) -> dict[str, float]:
     """Memory check and measured tokens/s of every size still to run (the loop's own preflight, nothing trained
     or written); refuses the sweep when the estimated time exceeds ``time_budget``."""
+    from scalelab.common import resolve_device, resolve_dtype
+    from scalelab.lm.train import preflight
     from scalelab.lm.train.loop import train
 
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    for spec in dict.fromkeys(p["size"] for p in todo):  # from the shapes first: a model too big is never built
+        p = next(q for q in todo if q["size"] == spec)
+        mcfg = size_config(spec, int(load_meta(RunDir(cfg.out))["vocab_size"]), cfg.seq_len)
+        est = preflight.estimate_memory(mcfg, p["params"], cfg.batch_size, cfg.seq_len, dtype)
+        try:
+            preflight.check_fits(est, device, cfg.batch_size, cfg.seq_len, 1, 1, False)
+        except UsageError as e:
+            raise UsageError(f"size {spec} (point {p['name']}): {e}") from None
     speed: dict[str, float] = {}
     for p in todo:
         if p["size"] in speed:
