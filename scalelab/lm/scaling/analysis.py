@@ -153,9 +153,11 @@ def analyse(cfg: ScalingConfig, sweep: dict[str, Any]) -> dict[str, Any]:
                                   "D": "training tokens", "C": "training FLOPs"},
                               "published": F.PUBLISHED}
     t0 = time.perf_counter()
-    result["law"] = law_fit(cfg, iso_pts)
+    fit_pts = [p for p in iso_pts if p["steps"] >= cfg.fit_min_steps]
+    result["law_points"] = [p["name"] for p in fit_pts]
+    result["law"] = law_fit(cfg, fit_pts)
     result["isoflop"] = isoflop(iso_pts, n_key)
-    result["holdout"] = holdout(cfg, iso_pts)
+    result["holdout"] = holdout(cfg, fit_pts)
     result["fit_seconds"] = time.perf_counter() - t0
     tr = truth(cfg)
     if tr is not None:

@@ -137,6 +137,10 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     lines.append(f"{len(iso_pts)} IsoFLOP runs over {len({p['budget'] for p in iso_pts})} "
                  f"budgets, each to the end of one cosine decay; loss = validation bits per byte; N = "
                  f"{result['units']['N']}.")
+    min_steps = result["config"].get("fit_min_steps", 0)
+    if min_steps and "law_points" in result:
+        lines.append(f"The L(N, D) fit uses the {len(result['law_points'])} runs of at least {min_steps} optimizer "
+                     "steps (shorter ones are still learning the basics, off the power law).")
     lines.append("")
     law = result.get("law", {})
     if "error" in law:

@@ -89,6 +89,10 @@ class ScalingConfig:
     fit_params: str = field(default="non_embedding", metadata={
         "help": "N in the fits: non_embedding (the parameters that cost FLOPs) or total", "choices":
         ["non_embedding", "total"]})
+    fit_min_steps: int = field(default=0, metadata={
+        "help": "leave points trained for fewer optimizer steps out of the L(N, D) fit (at a fixed batch a small "
+                "budget gives few steps, and a run that short is still learning the basics, off the power law); "
+                "0 = fit every point"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples for the intervals"})
     e_max_rel_width: float = field(default=0.1, metadata={
         "help": "E counts as pinned down when its interval is at most this fraction of E wide"})
