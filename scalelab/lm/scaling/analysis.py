@@ -167,11 +167,15 @@ def analyse(cfg: ScalingConfig, sweep: dict[str, Any]) -> dict[str, Any]:
         if "E_verdict" in law:
             ci = law["E_verdict"]["interval"]
             exact = tr["bits_per_byte"]
+            pinned = bool(law["E_verdict"]["pinned"])
+            inside = bool(ci and ci[0] <= exact <= ci[1])
+            close = abs(law["E"] - exact) / exact <= 0.03
             result["truth_check"] = {
-                "exact_bits_per_byte": exact, "fitted_E": law["E"], "interval": ci,
-                "relative_error": (law["E"] - exact) / exact,
-                "interval_contains_exact": bool(ci and ci[0] <= exact <= ci[1]),
-                "within_3_percent": abs(law["E"] - exact) / exact <= 0.03}
+                "exact_bits_per_byte": exact, "E_pinned": pinned, "fitted_E": law["E"] if pinned else None,
+                "fitted_E_unpinned": None if pinned else law["E"], "interval": ci,
+                "relative_error": (law["E"] - exact) / exact if pinned else None,
+                "interval_contains_exact": inside, "within_3_percent": close if pinned else None,
+                "passed": pinned and inside and close}
     sizes = {p["size"] for p in pts}
     curve_size = cfg.curve_size or _first_full_size(cfg, iso_pts)
     if curve_size in sizes:
@@ -230,14 +234,25 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                      f"bpb, measured {ho['measured_best_bpb']:.4f} ({100 * ho['relative_error']:+.2f}%)")
     tc = result.get("truth_check")
     if tc:
-        lines.append(f"exact entropy {tc['exact_bits_per_byte']:.5f} bpb; fitted E {tc['fitted_E']:.5f} "
-                     f"({100 * tc['relative_error']:+.2f}%); interval contains it: {tc['interval_contains_exact']}")
+        lines.append(truth_line(tc))
     ng = result.get("ngram", {})
     if ng and "error" not in ng:
         cr = ng["crossover"]
         at = f"{cr['tokens']:,.0f} tokens" if cr["tokens"] else "none"
         lines.append(f"n-gram vs Transformer ({ng['size']}): crossover {at} ({cr['note']})")
     return lines
+
+
+def truth_line(tc: dict[str, Any]) -> str:
+    """The exact-entropy check in one sentence (no E printed when the points do not pin it down)."""
+    head = f"exact entropy {tc['exact_bits_per_byte']:.5f} bits per byte"
+    ci = tc.get("interval")
+    iv = f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "none"
+    if not tc["E_pinned"]:
+        return f"{head}; E not pinned down (interval {iv}), so the check fails"
+    verdict = "passed" if tc["passed"] else "failed"
+    return (f"{head}; fitted E {tc['fitted_E']:.5f} ({100 * tc['relative_error']:+.2f}%), interval {iv} "
+            f"{'contains' if tc['interval_contains_exact'] else 'misses'} it: check {verdict}")
 
 
 def print_summary(result: dict[str, Any]) -> None:

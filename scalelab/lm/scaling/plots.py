@@ -18,6 +18,7 @@ import numpy as np
 
 from scalelab.common import read_json
 from scalelab.lm.scaling import fit as F
+from scalelab.lm.scaling.analysis import truth_line
 
 
 def _pyplot():
@@ -165,9 +166,7 @@ def report_lines(result: dict[str, Any]) -> list[str]:
                   "property of this data, tokenizer and recipe, not constants of nature.", ""]
     tc = result.get("truth_check")
     if tc:
-        lines += [f"Ground truth (synthetic Markov source): exact entropy {tc['exact_bits_per_byte']:.5f} bits per "
-                  f"byte; fitted E {tc['fitted_E']:.5f} ({100 * tc['relative_error']:+.2f}%), interval "
-                  f"{tc['interval']}, contains the exact value: {tc['interval_contains_exact']}.", ""]
+        lines += [f"Ground truth (synthetic Markov source): {truth_line(tc)}.", ""]
     iso = result.get("isoflop", {})
     if "minima" in iso:
         lines += ["| budget C | N* | D* | tokens per parameter | best bpb |", "|---|---|---|---|---|"]
