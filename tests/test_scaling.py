@@ -218,6 +218,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # end to end: a 10-point sweep through the training loop (shared fixture)
 def test_sweep_writes_fits_plots_and_report(sweep_dir: Path) -> None:
     res = json.loads((sweep_dir / "scaling.json").read_text())
     iso = [p for p in res["points"] if p["kind"] == "isoflop"]
@@ -238,6 +239,7 @@ def test_sweep_writes_fits_plots_and_report(sweep_dir: Path) -> None:
     assert "## Scaling laws" in report and "0.34" in report and "Held-out prediction" in report
 
 
+@pytest.mark.slow  # end to end: a 10-point sweep through the training loop (shared fixture)
 def test_sweep_resumes_and_reruns_a_corrupt_point(sweep_dir: Path, tmp_path: Path, capsys) -> None:
     cfg = _tiny_yaml(tmp_path / "s.yaml")
     points = sweep_dir / "points"
@@ -257,6 +259,7 @@ def test_sweep_resumes_and_reruns_a_corrupt_point(sweep_dir: Path, tmp_path: Pat
         assert p.stat().st_mtime_ns == stamps[p], f"{p} was re-run"
 
 
+@pytest.mark.slow  # end to end: a 10-point sweep through the training loop (shared fixture)
 def test_plan_prints_a_model_for_a_budget(sweep_dir: Path, capsys) -> None:
     assert main(["plan", "--scaling", str(sweep_dir), "--flops", "1e10", "--max-depth", "2"]) == 0
     out = capsys.readouterr().out
