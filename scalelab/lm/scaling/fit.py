@@ -26,10 +26,12 @@ import numpy as np
 from scipy.optimize import minimize
 
 PARAMS = ("a", "b", "e", "alpha", "beta")
-# Hoffmann et al. 2022's initialisation grid (Besiroglu et al. 2024 use the same ranges)
+# Hoffmann et al. 2022's initialisation grid (Besiroglu et al. 2024 use the same ranges); its e values suit losses of
+# a few nats per token, so fit_law puts E's starts relative to the smallest observed loss instead (E_FRACTIONS)
 GRID = {"a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0), "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
         "e": (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5), "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
         "beta": (0.0, 0.5, 1.0, 1.5, 2.0)}
+E_FRACTIONS = (0.02, 0.1, 0.3, 0.6, 0.85, 0.97)
 BOUNDS = {"a": (-20.0, 60.0), "b": (-20.0, 60.0), "e": (-12.0, 5.0), "alpha": (0.0, 3.0), "beta": (0.0, 3.0)}
 MIN_POINTS_LAW = 6  # five free constants need more points than constants to leave a residual
 MIN_SIZES_PARABOLA = 3
@@ -140,7 +142,10 @@ def fit_law(N: Sequence[float], D: Sequence[float], L: Sequence[float], delta: f
         raise ValueError("losses, parameter counts and token counts must all be positive")
     logN, logD, logL = np.log(N), np.log(D), np.log(L)
     # the whole grid, coarsely and all at once; then L-BFGS-B to convergence from the best ``refine`` end points
-    ends, f = _coarse(_starts(grid), logN, logD, logL, delta)
+    g = dict(grid or GRID)
+    if grid is None:
+        g["e"] = tuple(float(np.log(L.min() * q)) for q in E_FRACTIONS)
+    ends, f = _coarse(_starts(g), logN, logD, logL, delta)
     order = np.argsort(np.where(np.isfinite(f), f, np.inf))
     results = _optimise(ends[order[:refine]], logN, logD, logL, delta)
     if not results:

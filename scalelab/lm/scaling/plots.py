@@ -51,7 +51,7 @@ def plot_isoflop(result: dict[str, Any], path: Path) -> Path | None:
         ax.plot(np.exp(x), np.polyval(m["coef"], x), "-", color=c, lw=1)
         ax.plot([m["N_opt"]], [m["L_opt"]], "*", color=c, ms=14, mec="k")
     ax.set_xscale("log")
-    ax.set_xlabel(f"N ({key.replace('_', '-')} parameters)")
+    ax.set_xlabel("N (non-embedding parameters)" if key == "params_non_embedding" else "N (parameters)")
     ax.set_ylabel("validation bits per byte")
     ax.set_title("IsoFLOP profiles (stars: parabola minima)")
     ax.grid(alpha=0.3, which="both")
