@@ -33,7 +33,7 @@ class PlanConfig:
     tokens_per_s: float = field(default=0.0, metadata={
         "help": "skip the measurement and assume this speed for every size (0 = measure with preflight)"})
     max_depth: int = field(default=16, metadata={"help": "largest depth-dial model considered (width 64 x depth)"})
-    preflight_steps: int = field(default=3, metadata={"help": "dry steps timed per measurement"})
+    preflight_steps: int = field(default=5, metadata={"help": "dry steps timed per measurement"})
 
 
 def candidates(sweep_cfg: dict[str, Any], vocab: int, max_depth: int) -> dict[str, dict[str, int]]:
@@ -113,6 +113,10 @@ def plan(cfg: PlanConfig) -> dict[str, Any]:
     out.update(n_layer=layers, n_embd=width, params=st["params"], params_non_embedding=st["params_non_embedding"],
                tokens=int(best["D"]), steps=steps, predicted_bpb=best["L"],
                extrapolated=best["N"] > 2 * max(p[key] for p in result["points"]))
+    meta = Path(cfg.scaling) / "data" / "meta.json"
+    if meta.is_file():  # the law was fitted on this corpus; many epochs over it are outside what it measured
+        train_tokens = int(read_json(meta)["splits"]["train"]["tokens"])
+        out["epochs"] = out["tokens"] / max(1, train_tokens)
     return out
 
 
@@ -125,6 +129,9 @@ def plan_lines(p: dict[str, Any]) -> list[str]:
     lines.append(f"predicted validation loss: {p['predicted_bpb']:.4f} bits per byte")
     if not p["E_pinned"]:
         lines.append("caution: the sweep did not pin down E, so the prediction's floor is uncertain")
+    if p.get("epochs", 0) > 4:
+        lines.append(f"caution: {p['epochs']:.0f} epochs over the sweep's corpus; repeated data helps less than "
+                     "the law (fitted on few epochs) predicts")
     if p["extrapolated"]:
         lines.append("caution: this model is more than twice the largest the sweep ran; the law is extrapolated")
     return lines
