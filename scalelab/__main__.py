@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compute-curves": ("scalelab.cli.compute_curves", "test score vs training FLOPs over MLP width and epochs"),
     "tokenizer": ("scalelab.cli.tokenizer", "build the corpus, train a byte-level BPE tokenizer, write token shards"),
     "pretrain": ("scalelab.cli.pretrain", "pretrain a Llama-style Transformer on the token shards"),
+    "scaling": ("scalelab.cli.scaling", "IsoFLOP sweep, scaling-law fits with intervals, n-gram baseline"),
+    "plan": ("scalelab.cli.plan", "model size and tokens for a time or FLOP budget, from a fitted scaling law"),
     "sample": ("scalelab.cli.sample", "generate text from a checkpoint"),
     "sft": ("scalelab.cli.sft", "supervised fine-tuning on the chat task mixture"),
     "eval": ("scalelab.cli.evaluate", "score a checkpoint on every task"),

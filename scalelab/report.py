@@ -246,9 +246,14 @@ def render_report(run_dir: str | Path) -> Path:
         samples = _samples_lines(evals)
         if samples:
             lines += ["## Sample completions", "", *samples, ""]
+    scaling = run.root / "scaling.json"
+    if scaling.is_file():  # a scaling sweep folder (scalelab scaling): its section comes from the sweep's JSON
+        from scalelab.lm.scaling.plots import report_lines
+
+        lines += report_lines(read_json(scaling))
     if config:
         lines += ["## Configs recorded in config.json", "", ", ".join(f"`{k}`" for k in config), ""]
-    if not metrics and not evals:
+    if not metrics and not evals and not scaling.is_file():
         lines += ["Nothing to report yet: no metrics.jsonl and no eval/*.json in this run.", ""]
     atomic_write_text(run.report_md, "\n".join(lines))
     return run.report_md

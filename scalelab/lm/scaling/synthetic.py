@@ -1,0 +1,180 @@
+"""A text source whose entropy is known exactly: a random Markov chain over made-up words, written as JSONL.
+
+The chain has ``words`` states, each a made-up lowercase word; from each word the next is one of ``successors``
+words (one of them its neighbour on a cycle through all words, so the chain is irreducible; word 0 may repeat
+itself, so it is aperiodic) with probabilities drawn from a Dirichlet(``concentration``). A document is
+``doc_words`` words joined by single spaces, its first word drawn from the stationary distribution pi. Then, in bits,
+
+    H(document) = H(pi) + (doc_words - 1) * h,        h = sum_i pi_i H(P[i, :])          (the entropy rate per word)
+    E[bytes]    = doc_words * mean_len + (doc_words - 1)                          (mean_len = sum_i pi_i len(word_i))
+
+and the bits per byte of a long stream of such documents is their ratio (renewal-reward). The text is a one-to-one
+function of the word sequence (words hold no spaces, the count is fixed), so no byte-level model can do better, and a
+tokenized model's bits per byte (its summed code length over the bytes it predicts, the <|bos|> between documents
+carrying no bytes) is comparable with it directly; a model that has not learnt where a document ends pays at most
+about one extra nat per document for the <|bos|> it could not foresee, which ``doc_words`` makes negligible.
+
+    spec = SyntheticSpec(words=256, successors=8, documents=400, doc_words=1000, seed=0)
+    truth = write_corpus(spec, "runs/synth/synthetic.jsonl")   # also writes synthetic.truth.json
+    truth["bits_per_byte"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalelab.common import UsageError, atomic_write_text, write_json
+
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+
+
+@dataclass
+class SyntheticSpec:
+    """The synthetic source: a random first-order Markov chain over made-up words (exact entropy rate)."""
+
+    words: int = field(default=256, metadata={"help": "number of distinct made-up words (chain states)"})
+    successors: int = field(default=8, metadata={"help": "possible next words after each word"})
+    concentration: float = field(default=0.5, metadata={
+        "help": "Dirichlet concentration of each word's next-word probabilities (small = peaked)"})
+    documents: int = field(default=400, metadata={"help": "documents to generate"})
+    doc_words: int = field(default=1000, metadata={"help": "words per document"})
+    seed: int = field(default=0, metadata={"help": "seed of the chain and of the sampled text"})
+
+
+@dataclass
+class Chain:
+    words: list[str]
+    P: np.ndarray  # (K, K) row-stochastic transition matrix
+    pi: np.ndarray  # (K,) stationary distribution
+
+
+def _validate(spec: SyntheticSpec) -> None:
+    if spec.words < 2 or not 1 <= spec.successors <= spec.words:
+        raise UsageError(f"synthetic source: need words >= 2 and 1 <= successors <= words (got {spec.words}, "
+                         f"{spec.successors})")
+    if spec.concentration <= 0 or spec.documents < 1 or spec.doc_words < 2:
+        raise UsageError("synthetic source: concentration must be > 0, documents >= 1, doc_words >= 2")
+
+
+def make_words(k: int, rng: np.random.Generator) -> list[str]:
+    """``k`` distinct pronounceable words of one to three consonant-vowel syllables."""
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < k:
+        n = int(rng.integers(1, 4))
+        w = "".join(CONSONANTS[rng.integers(len(CONSONANTS))] + VOWELS[rng.integers(len(VOWELS))] for _ in range(n))
+        if w not in seen:
+            seen.add(w)
+            out.append(w)
+    return out
+
+
+def make_chain(spec: SyntheticSpec) -> Chain:
+    _validate(spec)
+    rng = np.random.default_rng([spec.seed, 0x5EED])
+    k = spec.words
+    words = make_words(k, rng)
+    P = np.zeros((k, k))
+    for i in range(k):
+        forced = {(i + 1) % k} | ({0} if i == 0 and spec.successors > 1 else set())
+        others = rng.permutation([j for j in range(k) if j not in forced])[:spec.successors - len(forced)]
+        succ = np.array(sorted(forced | {int(j) for j in others}))
+        P[i, succ] = rng.dirichlet(np.full(len(succ), spec.concentration))
+        P[i, succ] = np.maximum(P[i, succ], 1e-6)  # every listed successor stays reachable (irreducibility)
+        P[i] /= P[i].sum()
+    return Chain(words, P, stationary(P))
+
+
+def stationary(P: np.ndarray) -> np.ndarray:
+    """The stationary distribution: the solution of pi P = pi, sum(pi) = 1 (unique for an irreducible chain)."""
+    k = P.shape[0]
+    M = np.vstack([P.T - np.eye(k), np.ones((1, k))])
+    rhs = np.zeros(k + 1)
+    rhs[-1] = 1.0
+    pi, *_ = np.linalg.lstsq(M, rhs, rcond=None)
+    pi = np.clip(pi, 0.0, None)
+    return pi / pi.sum()
+
+
+def entropy_bits(p: np.ndarray) -> float:
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def exact_entropy(chain: Chain, doc_words: int) -> dict[str, Any]:
+    """Exact bits per word and per byte of the document stream (see the module docstring)."""
+    h = float(sum(chain.pi[i] * entropy_bits(chain.P[i]) for i in range(len(chain.words))))
+    lens = np.array([len(w.encode("utf-8")) for w in chain.words], dtype=float)
+    mean_len = float(chain.pi @ lens)
+    h_start = entropy_bits(chain.pi)
+    doc_bits = h_start + (doc_words - 1) * h
+    doc_bytes = doc_words * mean_len + (doc_words - 1)
+    return {"bits_per_byte": doc_bits / doc_bytes, "entropy_rate_bits_per_word": h,
+            "entropy_rate_bits_per_byte": h / (mean_len + 1), "start_entropy_bits": h_start,
+            "mean_word_bytes": mean_len, "expected_document_bytes": doc_bytes, "expected_document_bits": doc_bits}
+
+
+def sample_documents(chain: Chain, documents: int, doc_words: int, seed: int) -> np.ndarray:
+    """(documents, doc_words) word ids; all documents advance together, so the loop is over positions only."""
+    rng = np.random.default_rng([seed, 0xD0C5])
+    cum = np.cumsum(chain.P, axis=1)
+    cum[:, -1] = 1.0
+    ids = np.empty((documents, doc_words), dtype=np.int64)
+    ids[:, 0] = rng.choice(len(chain.words), size=documents, p=chain.pi)
+    for t in range(1, doc_words):
+        u = rng.random(documents)
+        rows = cum[ids[:, t - 1]]
+        ids[:, t] = np.minimum((rows < u[:, None]).sum(axis=1), len(chain.words) - 1)
+    return ids
+
+
+def code_length_bits(chain: Chain, ids: np.ndarray) -> float:
+    """The true model's code length, in bits, of the documents ``ids`` (documents, doc_words)."""
+    first = -np.log2(chain.pi[ids[:, 0]]).sum()
+    rest = -np.log2(chain.P[ids[:, :-1], ids[:, 1:]]).sum()
+    return float(first + rest)
+
+
+def write_corpus(spec: SyntheticSpec, path: str | Path) -> dict[str, Any]:
+    """Write the documents as JSONL (field ``text``) and ``<stem>.truth.json`` with the exact entropy; returns it."""
+    path = Path(path)
+    chain = make_chain(spec)
+    ids = sample_documents(chain, spec.documents, spec.doc_words, spec.seed)
+    words = np.array(chain.words, dtype=object)
+    lines = [json.dumps({"text": " ".join(words[row])}) for row in ids]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    total_bytes = sum(len(" ".join(words[row]).encode("utf-8")) for row in ids)
+    truth = {"spec": asdict(spec), **exact_entropy(chain, spec.doc_words),
+             "sample_bits_per_byte": code_length_bits(chain, ids) / total_bytes, "sample_bytes": total_bytes,
+             "corpus": str(path)}
+    write_json(truth_path(path), truth)
+    return truth
+
+
+def truth_path(corpus: str | Path) -> Path:
+    corpus = Path(corpus)
+    return corpus.with_name(corpus.name.removesuffix(".jsonl") + ".truth.json")
+
+
+def doc_code_lengths(chain: Chain, ids: np.ndarray) -> np.ndarray:
+    """Per-document code lengths in bits (for checks that the sampled text matches the exact expectation)."""
+    first = -np.log2(chain.pi[ids[:, 0]])
+    rest = -np.log2(chain.P[ids[:, :-1], ids[:, 1:]]).sum(axis=1)
+    return first + rest
+
+
+def bits_per_byte_interval(chain: Chain, ids: np.ndarray, z: float = 4.0) -> tuple[float, float]:
+    """A z-sigma interval for the sample's bits per byte from per-document variation (documents are independent)."""
+    bits = doc_code_lengths(chain, ids)
+    nbytes = np.array([sum(len(chain.words[i]) for i in row) + len(row) - 1 for row in ids], dtype=float)
+    ratio = bits.sum() / nbytes.sum()
+    resid = bits - ratio * nbytes  # delta method for a ratio of sums
+    se = math.sqrt(resid.var(ddof=1) * len(ids)) / nbytes.sum() if len(ids) > 1 else float("inf")
+    return ratio - z * se, ratio + z * se
