@@ -358,7 +358,8 @@ def preflight_points(cfg: ScalingConfig, todo: list[dict[str, Any]]) -> dict[str
         mcfg = size_config(spec, int(load_meta(RunDir(cfg.out))["vocab_size"]), cfg.seq_len)
         est = preflight.estimate_memory(mcfg, p["params"], cfg.batch_size, cfg.seq_len, dtype)
         try:
-            preflight.check_fits(est, device, cfg.batch_size, cfg.seq_len, 1, 1, False)
+            preflight.check_fits(preflight.Plan(mcfg, p["params"], 0, est, device, dtype, 1, cfg.batch_size,
+                                                cfg.seq_len, 1))
         except UsageError as e:
             raise UsageError(f"size {spec} (point {p['name']}): {e}") from None
     speed: dict[str, float] = {}
