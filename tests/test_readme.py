@@ -92,6 +92,16 @@ SHELL: dict[str, str] = {
 CANNOT_RUN: dict[str, str] = {
     "make demo": "the whole demo takes about 8 minutes; its stages are the commands below, run here one by one",
     "make test": "this is the test suite itself",
+    "scalelab scaling --config configs/cpu_scaling.yaml --out runs/scaling":
+        "a 15-30 minute sweep; tests/test_scaling.py runs the same command on a tiny sweep config (and every shipped "
+        "config is loaded by tests/test_config.py)",
+    "scalelab scaling --config configs/synthetic_scaling.yaml --out runs/synth":
+        "a 30-minute sweep on the synthetic source; tests/test_scaling.py checks the source's exact entropy",
+    "scalelab scaling --config configs/cpu_scaling.yaml --out runs/scaling --fit-only":
+        "needs the sweep above; tests/test_scaling.py refits a tiny sweep",
+    "scalelab plan --scaling runs/scaling --minutes 60": "needs the sweep above; tests/test_scaling.py runs plan "
+                                                        "--minutes and --flops on a tiny sweep",
+    "scalelab plan --scaling runs/scaling --flops 1e15": "as above",
     "scalelab data pull magic_gamma_telescope": "downloads from GitHub: tests have no network (pull is tested "
                                                "against a 127.0.0.1 server in tests/test_data_sources.py)",
 }
