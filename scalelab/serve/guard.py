@@ -73,6 +73,7 @@ class Guard:
             return await error_response(refused)(scope, receive, send)
         body, complete = await self.read_body(headers, receive)
         if body is None:
+            await self.drain(receive)
             too_big = APIError(413, f"request body exceeds the server limit of {self.max_bytes} bytes "
                                     "(--max-request-bytes)", code="request_too_large", headers={"Connection": "close"})
             return await error_response(too_big)(scope, receive, send)
@@ -107,6 +108,25 @@ class Guard:
         if not secrets.compare_digest(key.encode(), served.api_key.encode()):
             return APIError(401, "incorrect API key provided", code="invalid_api_key", headers=challenge)
         return None
+
+    async def drain(self, receive: Callable, seconds: float = 5.0) -> None:
+        """Read and drop the rest of an over-limit body (up to 8x the limit, a few seconds) before answering 413:
+        closing a socket with unread data makes the kernel reset the connection, and the client would see a reset
+        instead of the 413 that says why."""
+        import asyncio
+
+        async def rest() -> None:
+            seen = 0
+            while seen <= 8 * self.max_bytes:
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+
+        try:
+            await asyncio.wait_for(rest(), seconds)
+        except TimeoutError:
+            pass
 
     async def read_body(self, headers: dict[str, str], receive: Callable) -> tuple[bytes | None, bool]:
         """(body, complete): body None when over the limit (declared or counted), complete False on a hang-up."""
