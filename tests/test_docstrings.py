@@ -1,5 +1,6 @@
-"""Comments and docstrings under scalelab/ say why, not how fast: measurements go stale in code (they live in
-benchmarks/results/*.json and the README's figures), and a path outside the repository means nothing to a reader."""
+"""Comments, docstrings and every other string under scalelab/ (help texts, messages) say why, not how fast:
+measurements go stale in code (they live in benchmarks/results/*.json and the README's figures), and a path outside
+the repository means nothing to a reader."""
 
 from __future__ import annotations
 
@@ -19,18 +20,10 @@ OUTSIDE = re.compile(r"(?<![\w.~])/(?:work|home|root|tmp|Users|mnt|opt|srv)/[\w.
 
 
 def prose(path: Path) -> list[tuple[int, str]]:
-    """(line, text) of every comment and docstring of a module."""
-    out: list[tuple[int, str]] = []
-    prev = tokenize.INDENT
-    for tok in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline):
-        if tok.type == tokenize.COMMENT:
-            out.append((tok.start[0], tok.string))
-        elif tok.type == tokenize.STRING and prev in (tokenize.INDENT, tokenize.NEWLINE, tokenize.DEDENT,
-                                                       tokenize.NL, tokenize.ENCODING):
-            out.append((tok.start[0], tok.string))  # a string standing alone: a docstring
-        if tok.type not in (tokenize.COMMENT, tokenize.NL):
-            prev = tok.type
-    return out
+    """(line, text) of every comment and string literal of a module (docstrings, help texts, messages)."""
+    kinds = {tokenize.COMMENT, tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+    return [(tok.start[0], tok.string) for tok in
+            tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline) if tok.type in kinds]
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=[str(p.relative_to(PACKAGE)) for p in SOURCES])

@@ -34,14 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     from scalelab.lm.chat import stop_token_ids
     from scalelab.lm.inference.engine import TextStream, generate
     from scalelab.lm.inference.loading import load_for_inference
-    from scalelab.lm.special_tokens import BOS
+    from scalelab.lm.special_tokens import BOS, encode_text
 
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     model, tok, step_dir = load_for_inference(cfg.run, cfg.stage or None, cfg.device, cfg.dtype)
     stop_ids = stop_token_ids(tok)
-    prompt = [tok.token_to_id(BOS)] + tok.encode(cfg.prompt, add_special_tokens=False).ids
+    prompt = [tok.token_to_id(BOS)] + encode_text(tok, cfg.prompt)
     context = model.config.max_seq_len
     if len(prompt) >= context:
         raise UsageError(f"--prompt is {len(prompt)} tokens (with <|bos|>) but the context length of {step_dir} is "

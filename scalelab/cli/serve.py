@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if on_cpu and served.engine.stats()["decoder"] == "torch":
         from scalelab.lm.inference import cpu_kernels
 
-        print(f"note: decoding with torch alone, 1.3-2x slower on CPU than scalelab's kernels "
+        print(f"note: decoding with torch alone, slower on CPU than scalelab's kernels (the README's figures) "
               f"({cpu_kernels.why_unavailable() or 'not used for this dtype'})", flush=True)
     if cfg.host not in LOOPBACK_HOSTS and not served.api_key:
         print(f"warning: listening on {cfg.host} without an API key: anyone who can reach this port can use the "

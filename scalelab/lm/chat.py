@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from scalelab.common import UsageError, atomic_write_text
-from scalelab.lm.special_tokens import ASSISTANT, BOS, END, PAD, ROLE_TOKENS, SPECIAL_TOKENS, backend
+from scalelab.lm.special_tokens import (
+    ASSISTANT,
+    BOS,
+    END,
+    PAD,
+    ROLE_TOKENS,
+    SPECIAL_TOKENS,
+    backend,
+    encode_text,
+)
 
 # Kept on one line: Jinja whitespace would otherwise leak into the rendering.
 CHAT_TEMPLATE = (
@@ -110,7 +119,7 @@ def render(tok: Any, messages: Messages, where: str = "conversation") -> tuple[l
     ids = [_special_id(tok, BOS)]
     mask = [0]
     for msg in messages:
-        content_ids = tok.encode(msg["content"], add_special_tokens=False).ids
+        content_ids = encode_text(tok, msg["content"])
         train = 1 if msg["role"] == "assistant" else 0
         ids += [_special_id(tok, ROLE_TOKENS[msg["role"]]), *content_ids, end_id]
         mask += [0] + [train] * (len(content_ids) + 1)

@@ -164,16 +164,21 @@ def saved_model_config(step_dir: Path, meta: dict[str, Any], max_seq_len: int = 
     return cfg
 
 
-def check_shapes(step_dir: Path, cfg: ModelConfig) -> None:
-    """The embedding's shape in the weights file (read from its header alone) must be the config's."""
+def weight_shapes(step_dir: Path) -> dict[str, list[int]]:
+    """Every tensor's shape, read from the safetensors header alone (which safetensors checks against the file's
+    size, so a truncated file fails here); UsageError naming the file when it does not read back."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(step_dir / MODEL_FILE), framework="pt") as fh:
-            names = set(fh.keys())
-            shape = list(fh.get_slice("embed_tokens.weight").get_shape()) if "embed_tokens.weight" in names else None
+            return {name: list(fh.get_slice(name).get_shape()) for name in fh.keys()}
     except (OSError, SafetensorError, ValueError) as e:
         raise UsageError(f"{step_dir / MODEL_FILE}: corrupt or truncated checkpoint ({e})") from None
+
+
+def check_shapes(step_dir: Path, cfg: ModelConfig) -> None:
+    """The embedding's shape in the weights file must be the config's (checked before anything is allocated)."""
+    shape = weight_shapes(step_dir).get("embed_tokens.weight")
     if shape is not None and shape != [cfg.vocab_size, cfg.n_embd]:
         raise UsageError(f"{step_dir / META_FILE}: model_config says vocab_size {cfg.vocab_size}, n_embd {cfg.n_embd} "
                          f"but {MODEL_FILE} holds an embedding of shape {shape}")
@@ -239,14 +244,8 @@ def resolve_start(cfg: C, given: set[str] | frozenset[str] = frozenset()) -> Sta
 def check_complete(step_dir: Path) -> dict[str, Any]:
     """The meta of a checkpoint whose files all read back (safetensors checks its header against the file size);
     UsageError naming the broken file otherwise."""
-    from safetensors import safe_open
-
     meta = read_meta(step_dir)
-    try:
-        with safe_open(str(step_dir / MODEL_FILE), framework="pt") as fh:
-            fh.keys()
-    except (OSError, SafetensorError, ValueError) as e:
-        raise UsageError(f"{step_dir / MODEL_FILE}: corrupt or truncated checkpoint ({e})") from None
+    weight_shapes(step_dir)
     load_trainer_state(step_dir)
     return meta
 

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scalelab.common import UsageError
 from scalelab.lm.chat import stop_token_ids
-from scalelab.lm.special_tokens import BOS
+from scalelab.lm.special_tokens import BOS, encode_text
 from scalelab.serve import schemas
 from scalelab.serve.config import API_KEY_ENV, LOOPBACK_HOSTS, SERVED_ALIAS, ServeConfig
 from scalelab.serve.guard import Guard, error_response
@@ -377,7 +377,7 @@ def create_app(served: Served, cors_origins: list[str] | None = None, max_reques
     async def completions(body: CompletionRequest, request: Request) -> Response:
         _check_model(served, body.model)
         prompt = str(body.prompt)
-        prompt_ids = [served.token_id(BOS), *served.tokenizer.encode(prompt, add_special_tokens=False).ids]
+        prompt_ids = [served.token_id(BOS), *encode_text(served.tokenizer, prompt)]
         req = _submit(served, body, prompt_ids, "prompt")
         id_, created, model = schemas.new_id("cmpl"), schemas.now(), served.model_id
         echo = prompt if body.echo else ""

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from scalelab.common import UsageError
+from scalelab.lm.inference.engine import AUTO_MAX_DELAY
 from scalelab.lm.inference.loading import DTYPE_HELP
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -47,7 +48,8 @@ class ServeConfig:
     stream_interval: str = field(default="auto", metadata={
         "help": "tokens per streamed event after the first: auto = the streams decoding (every token for one "
                 "stream, 8 at 8: about one event per decode step at any load, so the HTTP work stays small on a busy "
-                "CPU server), but text held back 20 ms at most; 1 = every token; K = every K tokens"})
+                f"CPU server), but text held back {AUTO_MAX_DELAY * 1000:g} ms at most; 1 = every token; K = every "
+                "K tokens"})
     max_request_bytes: int = field(default=1_000_000, metadata={"ge": 1,
         "help": "largest request body (bytes), with or without Content-Length; more is 413"})
     header_timeout: float = field(default=10.0, metadata={"gt": 0,

@@ -30,6 +30,22 @@ def _pyplot():
     return plt
 
 
+def _finish(fig: Any, ax: Any, path: Path, xlabel: str, title: str) -> Path:
+    """What every plot here shares: a log x-axis, bits per byte up, grid, legend; saved and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation bits per byte")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _n_key(result: dict[str, Any]) -> str:
     return "params_non_embedding" if result["config"].get("fit_params") == "non_embedding" else "params"
 
@@ -50,16 +66,8 @@ def plot_isoflop(result: dict[str, Any], path: Path) -> Path | None:
         x = np.linspace(np.log(n.min()), np.log(n.max()), 100)
         ax.plot(np.exp(x), np.polyval(m["coef"], x), "-", color=c, lw=1)
         ax.plot([m["N_opt"]], [m["L_opt"]], "*", color=c, ms=14, mec="k")
-    ax.set_xscale("log")
-    ax.set_xlabel("N (non-embedding parameters)" if key == "params_non_embedding" else "N (parameters)")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_title("IsoFLOP profiles (stars: parabola minima)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    xlabel = "N (non-embedding parameters)" if key == "params_non_embedding" else "N (parameters)"
+    return _finish(fig, ax, path, xlabel, "IsoFLOP profiles (stars: parabola minima)")
 
 
 def plot_frontier(result: dict[str, Any], path: Path) -> Path | None:
@@ -89,16 +97,7 @@ def plot_frontier(result: dict[str, Any], path: Path) -> Path | None:
     tr = result.get("truth")
     if tr:
         ax.axhline(tr["bits_per_byte"], color="k", ls="--", label=f"exact entropy {tr['bits_per_byte']:.4f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_title("loss against compute")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "training compute C (FLOPs)", "loss against compute")
 
 
 def plot_ngram(result: dict[str, Any], path: Path) -> Path | None:
@@ -113,16 +112,7 @@ def plot_ngram(result: dict[str, Any], path: Path) -> Path | None:
     cr = ng["crossover"]
     if cr.get("tokens"):
         ax.axvline(cr["tokens"], color="C3", ls=":", label=f"crossover {cr['tokens']:,.0f} tokens")
-    ax.set_xscale("log")
-    ax.set_xlabel("training tokens D")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_title("classical n-gram model vs Transformer at fixed N")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "training tokens D", "classical n-gram model vs Transformer at fixed N")
 
 
 def _ci(law: dict[str, Any], k: str) -> str:

@@ -75,7 +75,8 @@ class TrainConfig:
     # ---- system
     device: str = field(default="auto", metadata={"help": "auto (CUDA, then MPS, then CPU), cpu, cuda, mps"})
     dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto, bf16, fp16 or fp32 (no autocast)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model (~20 s warm-up on CPU)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model (a one-time warm-up on the first step)"})
     parallel: str = field(default="ddp", metadata={"help": "multi-process mode under torchrun",
                                                    "choices": ["ddp", "fsdp"]})
     seed: int = field(default=1337, metadata={"ge": 0, "help": "seed of the initial weights and the data order"})

@@ -161,11 +161,9 @@ class Trainer:
             seed_everything(cfg.seed)
             return GPT(model_config(cfg, data_vocab))
         meta, where = start.meta, start.step_dir / ckpt.META_FILE
-        saved = meta.get("model_config")
-        if not isinstance(saved, dict):
-            raise UsageError(f"{where}: missing field 'model_config'")
-        if data_vocab is not None and int(saved.get("vocab_size", 0)) < data_vocab:
-            raise UsageError(f"{where}: checkpoint vocab_size {saved.get('vocab_size')} is smaller than "
+        saved = ckpt.saved_model_config(start.step_dir, meta).to_dict()  # type-checked, field by field
+        if data_vocab is not None and saved["vocab_size"] < data_vocab:
+            raise UsageError(f"{where}: checkpoint vocab_size {saved['vocab_size']} is smaller than "
                              f"{run.data_meta} vocab_size {data_vocab} (tokenizer changed?)")
         if data_sha and meta.get("tokenizer_sha256") and meta["tokenizer_sha256"] != data_sha:
             raise UsageError(f"{where}: tokenizer_sha256 differs from {run.data_meta} "
