@@ -23,6 +23,7 @@ from pathlib import Path
 from string import Template
 
 import pytest
+from data_fixtures import needs_sets
 
 from scalelab.lm.posttrain.tasks import sandbox
 from scalelab.lm.posttrain.tasks.sandbox import (
@@ -616,7 +617,7 @@ def _tiny_run(root: Path):
     return run
 
 
-@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "mbpp").is_dir(), reason="shared MBPP data not present")
+@needs_sets("mbpp")
 def test_eval_without_a_jail_skips_mbpp_unless_unsafe_exec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture) -> None:
     import json
