@@ -368,15 +368,25 @@ def broadcast_int(value: int, device: str, enabled: bool) -> int:
     return int(t.item())
 
 
+def omp_threads() -> int:
+    """$OMP_NUM_THREADS as a count (0 when unset or unreadable): a user who set it is sharing the cores, and more
+    threads than cores left makes every OpenMP barrier wait on a descheduled thread."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0]))
+    except ValueError:
+        return 0
+
+
 def setup_backend(device: str, world: int, num_threads: int = 0) -> None:
-    """Threads and numerics for training: CPU threads shared among the local processes, denormals flushed (peaked
-    softmax gradients are denormal-heavy and slow without it); TF32 matmuls on CUDA."""
+    """Threads and numerics for training: CPU threads ($OMP_NUM_THREADS, else the cores shared among the local
+    processes), denormals flushed (peaked softmax gradients are denormal-heavy and slow without it); TF32 matmuls
+    on CUDA."""
     import torch
 
     if device == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(num_threads or max(1, cores // max(1, local)))
+        torch.set_num_threads(num_threads or omp_threads() or max(1, cores // max(1, local)))
         torch.set_flush_denormal(True)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -49,3 +49,27 @@ def test_files_the_corpus_leaves_out_are_named(tmp_path: Path, capsys) -> None:
     assert note_skipped_files(parse_source(str(tmp_path))) == 3
     out = capsys.readouterr().out
     assert "skipped 3 file(s) that are not text (2 .png, 1 .jsonl)" in out and f"{tmp_path}#FIELD" in out
+
+
+def test_throughput_is_the_median_step_so_one_stall_does_not_set_the_plan() -> None:
+    import time
+
+    delays = iter([0.0, 0.01, 0.5, 0.01, 0.01, 0.01])  # warm-up, then one 50x stall among five timed steps
+    rate = preflight.measure_throughput(lambda: time.sleep(next(delays)), 1000, 5, "cpu")
+    assert 50_000 < rate < 110_000  # 1000 tokens per ~0.01 s; the mean would give under 20,000
+
+
+def test_omp_num_threads_sets_the_training_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from scalelab.common import omp_threads, setup_backend
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        setup_backend("cpu", 1)
+        assert omp_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+        assert omp_threads() == 0  # unreadable: the core count decides, as without it
+    finally:
+        torch.set_num_threads(before)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from scalelab.__main__ import main
+from scalelab.common import UsageError
 from scalelab.lm.model import GPT
 from scalelab.lm.scaling import fit as F
 from scalelab.lm.scaling.analysis import crossover
@@ -127,6 +128,20 @@ def test_sampled_text_has_the_exact_entropy() -> None:
     ids = sample_documents(chain, 300, spec.doc_words, seed=3)
     lo, hi = bits_per_byte_interval(chain, ids)
     assert lo <= exact_entropy(chain, spec.doc_words)["bits_per_byte"] <= hi
+
+
+def test_zipf_source_is_skewed_irreducible_and_exact() -> None:
+    """With a Zipf skew the chain stays irreducible (every word has stationary mass), its word frequencies fall
+    with rank, and sampled text still has the exact entropy."""
+    spec = SyntheticSpec(words=256, successors=8, zipf=1.0, concentration=1.0, doc_words=400, seed=1)
+    chain = make_chain(spec)
+    assert np.allclose(chain.pi @ chain.P, chain.pi) and np.all(chain.pi > 0)
+    assert chain.pi[:8].sum() > 4 * chain.pi[-8:].sum() * 8  # the most common ranks dominate the rarest
+    ids = sample_documents(chain, 300, spec.doc_words, seed=4)
+    lo, hi = bits_per_byte_interval(chain, ids)
+    assert lo <= exact_entropy(chain, spec.doc_words)["bits_per_byte"] <= hi
+    with pytest.raises(UsageError, match="zipf"):
+        make_chain(SyntheticSpec(zipf=-1.0))
 
 
 # ----------------------------------------------------------------------------------------------- Kneser-Ney

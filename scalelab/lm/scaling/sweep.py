@@ -367,7 +367,7 @@ def preflight_points(cfg: ScalingConfig, todo: list[dict[str, Any]]) -> dict[str
         if p["size"] in speed:
             continue
         _link_shared(cfg, point_dir(cfg, p["name"]))
-        steps = 3 if cfg.time_budget > 0 else 0
+        steps = 5 if cfg.time_budget > 0 else 0
         s = train(train_config(cfg, p, preflight_only=True, preflight_steps=steps, stage="preflight"),
                   source=context_source(cfg, p))["preflight"]
         speed[p["size"]] = float(s["tokens_per_s"] or 0.0)

@@ -43,6 +43,9 @@ class SyntheticSpec:
     successors: int = field(default=8, metadata={"help": "possible next words after each word"})
     concentration: float = field(default=0.5, metadata={
         "help": "Dirichlet concentration of each word's next-word probabilities (small = peaked)"})
+    zipf: float = field(default=0.0, metadata={
+        "help": "word-frequency skew: successors drawn, and weighted, by rank^-zipf (0 = uniform; about 1 gives "
+                "natural text's Zipf law, so rare words are learnt late and loss falls as a power law)"})
     documents: int = field(default=400, metadata={"help": "documents to generate"})
     doc_words: int = field(default=1000, metadata={"help": "words per document"})
     seed: int = field(default=0, metadata={"help": "seed of the chain and of the sampled text"})
@@ -59,8 +62,8 @@ def _validate(spec: SyntheticSpec) -> None:
     if spec.words < 2 or not 1 <= spec.successors <= spec.words:
         raise UsageError(f"synthetic source: need words >= 2 and 1 <= successors <= words (got {spec.words}, "
                          f"{spec.successors})")
-    if spec.concentration <= 0 or spec.documents < 1 or spec.doc_words < 2:
-        raise UsageError("synthetic source: concentration must be > 0, documents >= 1, doc_words >= 2")
+    if spec.concentration <= 0 or spec.documents < 1 or spec.doc_words < 2 or spec.zipf < 0:
+        raise UsageError("synthetic source: concentration must be > 0, zipf >= 0, documents >= 1, doc_words >= 2")
 
 
 def make_words(k: int, rng: np.random.Generator) -> list[str]:
@@ -82,9 +85,15 @@ def make_chain(spec: SyntheticSpec) -> Chain:
     k = spec.words
     words = make_words(k, rng)
     P = np.zeros((k, k))
+    rank_weight = (np.arange(k) + 1.0) ** -spec.zipf  # all ones without a skew
     for i in range(k):
         forced = {(i + 1) % k} | ({0} if i == 0 and spec.successors > 1 else set())
-        others = rng.permutation([j for j in range(k) if j not in forced])[:spec.successors - len(forced)]
+        pool = np.array([j for j in range(k) if j not in forced])
+        if spec.zipf:
+            others = rng.choice(pool, size=spec.successors - len(forced), replace=False,
+                                p=rank_weight[pool] / rank_weight[pool].sum())
+        else:
+            others = rng.permutation(pool)[:spec.successors - len(forced)]
         succ = np.array(sorted(forced | {int(j) for j in others}))
         P[i, succ] = rng.dirichlet(np.full(len(succ), spec.concentration))
         P[i, succ] = np.maximum(P[i, succ], 1e-6)  # every listed successor stays reachable (irreducibility)

@@ -81,7 +81,7 @@ class TrainConfig:
                                                    "choices": ["ddp", "fsdp"]})
     seed: int = field(default=1337, metadata={"ge": 0, "help": "seed of the initial weights and the data order"})
     num_threads: int = field(default=0, metadata={"ge": 0,
-        "help": "CPU threads per process (0 = cores / local processes)"})
+        "help": "CPU threads per process (0 = $OMP_NUM_THREADS, else cores / local processes)"})
     peak_tflops: float = field(default=0.0, metadata={"ge": 0,
         "help": "device peak TFLOP/s for MFU (0 = table: cpu fp32 0.44, cpu bf16 3.5, H100 989, A100 312)"})
     preflight_steps: int = field(default=3, metadata={"ge": 0,

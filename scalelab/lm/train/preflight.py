@@ -10,6 +10,7 @@ stays exact, and a compile warm-up happens here rather than inside the timed loo
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,7 +132,8 @@ def describe(plan: Plan) -> None:
 
 
 def measure_throughput(dry_step: Callable[[], None], tokens_per_call: int, steps: int, device: str) -> float:
-    """Tokens/s over ``steps`` calls after one warm-up call (which also absorbs any torch.compile time)."""
+    """Tokens/s at the median of ``steps`` timed calls after one warm-up call (which also absorbs any torch.compile
+    time); the median, because one call slowed by a page fault or a neighbour's burst would otherwise set the plan."""
     def sync() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -141,13 +143,16 @@ def measure_throughput(dry_step: Callable[[], None], tokens_per_call: int, steps
     dry_step()
     sync()
     warmup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    times = []
     for _ in range(steps):
+        t0 = time.perf_counter()
         dry_step()
-    sync()
-    elapsed = time.perf_counter() - t0
-    print0(f"preflight: warm-up step {warmup:.2f} s, then {steps} dry steps in {elapsed:.2f} s")
-    return tokens_per_call * steps / max(elapsed, 1e-9)
+        sync()
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    print0(f"preflight: warm-up step {warmup:.2f} s, then {steps} dry steps in {sum(times):.2f} s "
+           f"(median {median:.3f} s)")
+    return tokens_per_call / max(median, 1e-9)
 
 
 def report(plan: Plan, total_steps: int, start_step: int, tokens_per_s: float | None) -> dict:
