@@ -47,10 +47,10 @@ def test_backward_matches_finite_differences(activation: str) -> None:
     torch.testing.assert_close(net.to_sequential()(x), net.forward(x))
 
 
-@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
-def test_loss_gradient_matches_finite_differences(cls) -> None:
-    """The gradient of the mean loss w.r.t. the network output (cross-entropy / MSE) vs central differences."""
-    est = cls()
+@pytest.mark.parametrize("cls, loss", [(MLPClassifier, None), (MLPClassifier, "gce"), (MLPRegressor, None)])
+def test_loss_gradient_matches_finite_differences(cls, loss) -> None:
+    """The gradient of the mean loss w.r.t. the network output (cross-entropy, gce / MSE) vs central differences."""
+    est = cls(loss=loss)
     y = np.array([0, 1, 2, 1, 0]) if cls is MLPClassifier else np.random.default_rng(0).normal(size=5)
     t, k = est._encode_targets(y)
     target = torch.from_numpy(t).double()
@@ -59,6 +59,23 @@ def test_loss_gradient_matches_finite_differences(cls) -> None:
     flat = out.view(-1)
     numeric = _finite_difference_grad(lambda: float(est._loss_and_grad(out.clone(), target)[0]) / 5, flat)
     torch.testing.assert_close(analytic.reshape(-1), numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_gce_loss_value_and_bad_loss() -> None:
+    """gce is (1 - p_y^q) / q summed over rows; an unknown loss, or gce on a regressor, is refused at fit."""
+    from scalelab.tabular.mlp import GCE_Q
+
+    est = MLPClassifier(loss="gce")
+    t, _ = est._encode_targets(np.array([0, 1, 2]))
+    out = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
+    p_y = torch.softmax(out, 1)[torch.arange(3), torch.arange(3)]
+    expected = ((1 - p_y**GCE_Q) / GCE_Q).sum()
+    torch.testing.assert_close(est._loss_and_grad(out.clone(), torch.from_numpy(t).double())[0], expected)
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.raises(ValueError, match="loss must be"):
+        MLPClassifier(loss="hinge", max_epochs=1).fit(X, (X[:, 0] > 0).astype(int))
+    with pytest.raises(ValueError, match="loss must be"):
+        MLPRegressor(loss="gce", max_epochs=1).fit(X, X[:, 0])
 
 
 def test_training_flops_counted_from_shapes() -> None:

@@ -31,6 +31,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from scalelab.tabular.fastnet import ACTIVATIONS, OPTIMIZERS, FlatMLP, FlatOptimizer, layer_shapes, training_flops
 
 LR_SCHEDULES = ("constant", "cosine")
+CLASSIFIER_LOSSES = ("log_loss", "gce")
+GCE_Q = 0.7  # Zhang & Sabuncu's default: between cross-entropy (q -> 0) and the bounded mean absolute error (q = 1)
 
 
 class _BaseMLP(BaseEstimator):
@@ -42,6 +44,12 @@ class _BaseMLP(BaseEstimator):
         optimizer: adam, adamw or sgd (with ``momentum``); learning_rate: its step size.
         lr_schedule: constant, or cosine (decays to zero over ``max_epochs``, set per epoch: a fixed step size
             keeps bouncing around the minimum, which costs accuracy on noisy labels).
+        loss: the classifier's training loss (the regressor always uses squared error): log_loss (cross-entropy),
+            or gce, generalised cross-entropy (1 - p_y^q) / q with q = 0.7 (Zhang & Sabuncu 2018). Cross-entropy
+            asks the network to match the label-noise level everywhere, and a network that cannot make the jump
+            from one noisy plateau to the next pays for that with misplaced class boundaries; gce bounds each
+            row's loss, so mislabelled rows pull less and the boundaries are placed for accuracy. Its
+            ``predict_proba`` is then less calibrated. None = log_loss.
         weight_decay: L2 coupled into the gradient for adam/sgd, decoupled for adamw (0 = none).
         max_epochs: passes over the training rows (scikit-learn's max_iter); batch_size: rows per step.
         early_stopping: hold out ``validation_fraction`` (stratified for classifiers), stop when the validation
@@ -54,7 +62,7 @@ class _BaseMLP(BaseEstimator):
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (64, 64), activation: str = "relu",
                  optimizer: str = "adam", learning_rate: float = 1e-3, lr_schedule: str = "constant",
-                 momentum: float = 0.9,
+                 momentum: float = 0.9, loss: str | None = None,
                  weight_decay: float = 0.0, max_epochs: int = 200, batch_size: int = 64,
                  early_stopping: bool = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
                  tol: float = 1e-4, random_state: Any = None, device: str = "cpu", num_threads: int | None = None,
@@ -65,6 +73,7 @@ class _BaseMLP(BaseEstimator):
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.momentum = momentum
+        self.loss = loss
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -99,6 +108,9 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.loss is not None and self.loss not in (CLASSIFIER_LOSSES if self._is_classifier else ()):
+            raise ValueError(f"loss must be None or one of {CLASSIFIER_LOSSES if self._is_classifier else ()} "
+                             f"for {type(self).__name__}, got {self.loss!r}")
         hidden = self.hidden_layer_sizes
         if isinstance(hidden, int | np.integer):
             hidden = (int(hidden),)
@@ -251,6 +263,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _loss_and_grad(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logp = torch.log_softmax(out, 1)  # (B, k)
+        if self.loss == "gce":
+            logp_y = (logp * target).sum(1, keepdim=True)  # (B, 1)
+            w = logp_y.mul_(GCE_Q).exp_()  # p_y^q
+            loss_sum = (1.0 - w).sum() / GCE_Q
+            # d/dout (1 - p_y^q)/q = p_y^q (softmax - onehot): cross-entropy's gradient, weighted per row
+            return loss_sum, logp.exp_().sub_(target).mul_(w).mul_(1.0 / out.shape[0])
         loss_sum = -torch.vdot(logp.view(-1), target.reshape(-1))
         grad = logp.exp_().sub_(target).mul_(1.0 / out.shape[0])  # softmax - onehot, for the mean loss
         return loss_sum, grad
