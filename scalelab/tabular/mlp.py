@@ -28,9 +28,18 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from scalelab.tabular.fastnet import ACTIVATIONS, OPTIMIZERS, FlatMLP, FlatOptimizer, layer_shapes, training_flops
+from scalelab.tabular.fastnet import (
+    ACTIVATIONS,
+    OPTIMIZERS,
+    FlatMLP,
+    FlatOptimizer,
+    bf16_layers_for,
+    layer_shapes,
+    training_flops,
+)
 
 LR_SCHEDULES = ("constant", "cosine")
+MATMUL_DTYPES = ("auto", "float32")
 CLASSIFIER_LOSSES = ("log_loss", "gce")
 GCE_Q = 0.7  # Zhang & Sabuncu's default: between cross-entropy (q -> 0) and the bounded mean absolute error (q = 1)
 
@@ -56,6 +65,8 @@ class _BaseMLP(BaseEstimator):
             score has not improved by ``tol`` for ``n_iter_no_change`` epochs and keep the best weights. Without it,
             stop when the training loss has not improved by ``tol`` for ``n_iter_no_change`` epochs.
         random_state: None, an int or a RandomState; resolved in ``fit`` (weights, shuffling, validation split).
+        matmul_dtype: auto runs wide hidden-to-hidden layers (128 x 128 and up, batch 128 and up) in bfloat16 on a
+            CPU with native bf16 matmul, keeping float32 master weights (``FlatMLP``); float32 never does.
         device: cpu, cuda, cuda:N, mps or auto. num_threads: torch CPU threads during fit (None = 1 for small
             layers, torch's default otherwise). verbose: print the loss every epoch.
     """
@@ -65,8 +76,8 @@ class _BaseMLP(BaseEstimator):
                  momentum: float = 0.9, loss: str | None = None,
                  weight_decay: float = 0.0, max_epochs: int = 200, batch_size: int = 64,
                  early_stopping: bool = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
-                 tol: float = 1e-4, random_state: Any = None, device: str = "cpu", num_threads: int | None = None,
-                 verbose: bool = False) -> None:
+                 tol: float = 1e-4, random_state: Any = None, matmul_dtype: str = "auto", device: str = "cpu",
+                 num_threads: int | None = None, verbose: bool = False) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.optimizer = optimizer
@@ -82,6 +93,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.random_state = random_state
+        self.matmul_dtype = matmul_dtype
         self.device = device
         self.num_threads = num_threads
         self.verbose = verbose
@@ -106,6 +118,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise ValueError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got {self.matmul_dtype!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.loss is not None and self.loss not in (CLASSIFIER_LOSSES if self._is_classifier else ()):
@@ -157,7 +171,11 @@ class _BaseMLP(BaseEstimator):
             except ValueError:  # a class too small to stratify: fall back to a plain random split
                 X, X_val, T, T_val = train_test_split(X, T, test_size=self.validation_fraction, random_state=seed)
 
-        net = FlatMLP(layer_shapes(X.shape[1], self._hidden, n_out), self.activation, gen, torch.float32, device)
+        shapes = layer_shapes(X.shape[1], self._hidden, n_out)
+        bs = min(int(self.batch_size), X.shape[0])
+        bf16 = bf16_layers_for(shapes, bs, device) if self.matmul_dtype == "auto" else []
+        net = FlatMLP(shapes, self.activation, gen, torch.float32, device, bf16_layers=bf16)
+        self.bf16_layers_ = bf16
         opt = FlatOptimizer(self.optimizer, net.flat, net.grad, self.learning_rate, self.weight_decay,
                              self.momentum)
         Xt = torch.from_numpy(np.ascontiguousarray(X)).to(device)
@@ -166,8 +184,6 @@ class _BaseMLP(BaseEstimator):
             Xv = torch.from_numpy(np.ascontiguousarray(X_val)).to(device)
             Tv = torch.from_numpy(np.ascontiguousarray(T_val)).to(device)
         n = Xt.shape[0]
-        bs = min(int(self.batch_size), n)
-        starts = range(0, n, bs)
 
         self.loss_curve_: list[float] = []
         self.validation_scores_: list[float] | None = [] if X_val is not None else None
@@ -179,14 +195,15 @@ class _BaseMLP(BaseEstimator):
             if self.lr_schedule == "cosine":
                 opt.set_lr(0.5 * self.learning_rate * (1 + math.cos(math.pi * (epoch - 1) / max_epochs)))
             perm = torch.randperm(n, generator=gen).to(device)
-            Xs, Ts = Xt[perm], Tt[perm]  # shuffle once per epoch: every batch is then a contiguous view
-            total = torch.zeros((), device=device)
-            for s in starts:
-                out = net.forward(Xs[s:s + bs], train=True)
-                loss_sum, grad = self._loss_and_grad(out, Ts[s:s + bs])
+            # shuffle once per epoch and cut it into batches in one call: every batch is then a contiguous view
+            losses = []
+            for xb, tb in zip(Xt[perm].split(bs), Tt[perm].split(bs)):
+                out = net.forward(xb, train=True)
+                loss_sum, grad = self._loss_and_grad(out, tb)
                 net.backward(grad)
                 opt.step()
-                total += loss_sum
+                losses.append(loss_sum)
+            total = torch.stack(losses).sum()
             epoch_loss = float(total) / n  # the one host sync per epoch
             self.loss_curve_.append(epoch_loss)
             if not math.isfinite(epoch_loss):
