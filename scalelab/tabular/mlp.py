@@ -105,8 +105,12 @@ class _BaseMLP(BaseEstimator):
         """y -> (training targets as float32 (n, n_out), n_out)."""
         raise NotImplementedError
 
-    def _loss_and_grad(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed loss over the batch as a 0-d tensor, dLoss_mean/dout)."""
+    def _loss_grad(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """dLoss_mean/dout for a batch (a new tensor; ``out`` is left as it is)."""
+        raise NotImplementedError
+
+    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss summed over rows, as a 0-d tensor."""
         raise NotImplementedError
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
@@ -196,14 +200,14 @@ class _BaseMLP(BaseEstimator):
                 opt.set_lr(0.5 * self.learning_rate * (1 + math.cos(math.pi * (epoch - 1) / max_epochs)))
             perm = torch.randperm(n, generator=gen).to(device)
             # shuffle once per epoch and cut it into batches in one call: every batch is then a contiguous view
-            losses = []
-            for xb, tb in zip(Xt[perm].split(bs), Tt[perm].split(bs)):
+            Ts, outs = Tt[perm], []
+            for xb, tb in zip(Xt[perm].split(bs), Ts.split(bs)):
                 out = net.forward(xb, train=True)
-                loss_sum, grad = self._loss_and_grad(out, tb)
-                net.backward(grad)
+                net.backward(self._loss_grad(out, tb))
                 opt.step()
-                losses.append(loss_sum)
-            total = torch.stack(losses).sum()
+                outs.append(out)
+            # the epoch's loss from every step's outputs at once: fewer kernels per step than a loss per batch
+            total = self._loss_sum(torch.cat(outs), Ts)
             epoch_loss = float(total) / n  # the one host sync per epoch
             self.loss_curve_.append(epoch_loss)
             if not math.isfinite(epoch_loss):
@@ -278,17 +282,19 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         k = len(self.classes_)
         return np.eye(k, dtype=np.float32)[self._label_encoder.transform(y)], k  # one-hot (n, k)
 
-    def _loss_and_grad(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logp = torch.log_softmax(out, 1)  # (B, k)
+    def _loss_grad(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(out, 1)  # (B, k)
         if self.loss == "gce":
-            logp_y = (logp * target).sum(1, keepdim=True)  # (B, 1)
-            w = logp_y.mul_(GCE_Q).exp_()  # p_y^q
-            loss_sum = (1.0 - w).sum() / GCE_Q
             # d/dout (1 - p_y^q)/q = p_y^q (softmax - onehot): cross-entropy's gradient, weighted per row
-            return loss_sum, logp.exp_().sub_(target).mul_(w).mul_(1.0 / out.shape[0])
-        loss_sum = -torch.vdot(logp.view(-1), target.reshape(-1))
-        grad = logp.exp_().sub_(target).mul_(1.0 / out.shape[0])  # softmax - onehot, for the mean loss
-        return loss_sum, grad
+            w = (p * target).sum(1, keepdim=True).pow_(GCE_Q)  # (B, 1)
+            return p.sub_(target).mul_(w).mul_(1.0 / out.shape[0])
+        return p.sub_(target).mul_(1.0 / out.shape[0])  # softmax - onehot, for the mean loss
+
+    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(out, 1)
+        if self.loss == "gce":
+            return (1.0 - (logp * target).sum(1).mul_(GCE_Q).exp_()).sum() / GCE_Q
+        return -torch.vdot(logp.view(-1), target.reshape(-1))
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         return float((out.argmax(1) == target.argmax(1)).float().mean())
@@ -329,10 +335,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.y_scale_ = np.where(scale > 0, scale, 1.0)
         return ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32), y2.shape[1]
 
-    def _loss_and_grad(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        diff = out - target  # (B, n_out)
-        loss_sum = torch.vdot(diff.view(-1), diff.view(-1)) / out.shape[1]
-        return loss_sum, diff.mul_(2.0 / diff.numel())  # gradient of the mean squared error
+    def _loss_grad(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.sub(out, target).mul_(2.0 / out.numel())  # gradient of the mean squared error
+
+    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = (out - target).view(-1)  # (B * n_out,)
+        return torch.vdot(diff, diff) / out.shape[1]
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         ss_res = float(((out - target) ** 2).sum())
