@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from scalelab.tabular.fastnet import ACTIVATIONS, FlatMLP, training_flops
+from scalelab.tabular.fastnet import ACTIVATIONS, FlatMLP, FlatOptimizer, training_flops
 from scalelab.tabular.mlp import MLPClassifier, MLPRegressor
 
 
@@ -45,6 +45,25 @@ def test_backward_matches_finite_differences(activation: str) -> None:
     torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-7)
     # and the nn.Sequential copy gives the same outputs
     torch.testing.assert_close(net.to_sequential()(x), net.forward(x))
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+def test_flat_optimizer_matches_torch_optim(kind: str) -> None:
+    """FlatOptimizer's fused steps equal torch.optim's on the same gradients."""
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(50, generator=gen)
+    ours, ref = p0.clone(), torch.nn.Parameter(p0.clone())
+    grad = torch.zeros(50)
+    opt = FlatOptimizer(kind, ours, grad, lr=1e-2, weight_decay=1e-3, momentum=0.9)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[kind]
+    ref_opt = cls([ref], lr=1e-2, weight_decay=1e-3, **({"momentum": 0.9} if kind == "sgd" else {}))
+    for _ in range(6):
+        g = torch.randn(50, generator=gen)
+        grad.copy_(g)
+        ref.grad = g.clone()
+        opt.step()
+        ref_opt.step()
+    torch.testing.assert_close(ours, ref.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_bf16_layers_close_to_float32() -> None:

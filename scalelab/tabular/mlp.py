@@ -8,7 +8,8 @@ or ``learning_curve`` like any scikit-learn model; ``tests/test_tabular_mlp.py``
     clf.predict_proba(X_test)
 
 The training loop is lean on purpose (see ``benchmarks/bench_mlp.py``): the data live on the device as one tensor,
-every epoch shuffles by an index permutation (no DataLoader), and a step is forward, loss, backward, optimizer step.
+every epoch shuffles by an index permutation (no DataLoader), and a step is forward, loss gradient, backward, optimizer
+step (the epoch's training loss comes from all its steps' outputs at once).
 """
 
 from __future__ import annotations
