@@ -60,6 +60,9 @@ class CurvesConfig:
     mlp_hidden: list[int] = field(default_factory=lambda: [128, 128], metadata={"help": "MLP hidden layer widths"})
     mlp_epochs: int = field(default=0, metadata={"help": "MLP max epochs (0 = by data size: 100 to 300)"})
     mlp_lr: float = field(default=2e-3, metadata={"help": "MLP Adam learning rate"})
+    mlp_loss: str = field(default="log_loss", metadata={
+        "help": "MLP classifier loss: log_loss (cross-entropy) or gce (generalised cross-entropy, for noisy labels)",
+        "choices": ["log_loss", "gce"]})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the seeds for the crossover interval"})
     device: str = field(default="cpu", metadata={"help": "MLP device: cpu, cuda, auto"})
     out: str = field(default="runs/curves", metadata={"help": "output folder"})
@@ -131,6 +134,8 @@ def mlp_flags(cfg: Any) -> dict[str, Any]:
     kw: dict[str, Any] = {"hidden_layer_sizes": tuple(cfg.mlp_hidden), "learning_rate": cfg.mlp_lr}
     if cfg.mlp_epochs:
         kw["max_epochs"] = cfg.mlp_epochs
+    if getattr(cfg, "mlp_loss", "log_loss") != "log_loss":  # a regression task has no choice of loss
+        kw["loss"] = cfg.mlp_loss
     return kw
 
 
@@ -174,6 +179,9 @@ def run_curves(cfg: CurvesConfig) -> dict[str, Any]:
     models = check_models(cfg.models, ds.task, weights)
     Xp, yp, Xt, yt = split(ds, cfg.test_fraction, cfg.max_test, cfg.max_train)
     where = ds.source or ds.name
+    if cfg.mlp_loss != "log_loss" and ds.task != "classification":
+        raise UsageError(f"{where}: --mlp-loss {cfg.mlp_loss} is for classification (a regression MLP uses "
+                         "squared error)")
     sizes = sorted(set(cfg.sizes)) if cfg.sizes else log_sizes(len(yp), cfg.n_sizes, cfg.min_size)
     if sizes[0] < 2:
         raise UsageError(f"{where}: sizes must be >= 2, got {sizes[0]}")

@@ -31,17 +31,26 @@ class FlatMLP:
     A step is the matmuls, the activations and one fused optimizer update over the single flat buffer (see the
     module docstring for why).
 
-    Weights are stored as (fan_in, fan_out) so that a layer is ``addmm(b, x, W)``. Initialisation is nn.Linear's:
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+    A layer is stored as (fan_in, fan_out), so that it is ``addmm(b, x, W)``, except a narrowing one (fan_out <
+    fan_in, such as the output layer) which is stored as nn.Linear's (fan_out, fan_in): BLAS is slow on a product
+    whose result has a handful of columns, and that layout makes the output layer's products wide ones.
+    ``self.W[i]`` is always the (fan_in, fan_out) view. Initialisation is nn.Linear's: U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)) for weights and biases.
+
+    ``bf16_layers``: indices of layers whose three matmuls run in bfloat16 (inputs rounded, float32 accumulation
+    inside the kernel), on a bf16 copy of the weights refreshed every forward; the float32 weights stay the master
+    copy that the optimizer updates. Only worth it for wide hidden-to-hidden layers on a CPU with native bf16
+    (``bf16_layers_for``): for small ones the conversions cost more than the matmul saves.
     """
 
     def __init__(self, shapes: Sequence[tuple[int, int]], activation: str = "relu",
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", bf16_layers: Sequence[int] = ()) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.shapes = [(int(a), int(b)) for a, b in shapes]
         self.activation = activation
+        self.out_major = [b < a for a, b in self.shapes]  # stored as (fan_out, fan_in)
         flat = torch.empty(sum(a * b + b for a, b in self.shapes), dtype=dtype)
         o = 0
         for a, b in self.shapes:  # initialise on the CPU from the generator, so results do not depend on device
@@ -52,12 +61,20 @@ class FlatMLP:
         self.grad = torch.zeros_like(self.flat)
         self.W, self.b = self._views(self.flat)
         self.gW, self.gb = self._views(self.grad)
+        self.gW_stored = [g.t() if om else g for g, om in zip(self.gW, self.out_major)]  # contiguous
+        self.bf16 = [i in set(bf16_layers) for i in range(len(self.shapes))]
+        self.flat_bf16 = torch.empty(0)
+        if any(self.bf16):
+            self.flat_bf16 = torch.empty_like(self.flat, dtype=torch.bfloat16)
+            self.W16, self.b16 = self._views(self.flat_bf16)
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _views(self, buf: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(fan_in, fan_out) weight views and bias views of ``buf``."""
         Ws, bs, o = [], [], 0
-        for a, b in self.shapes:
-            Ws.append(buf[o:o + a * b].view(a, b))
+        for (a, b), om in zip(self.shapes, self.out_major):
+            w = buf[o:o + a * b]
+            Ws.append(w.view(b, a).t() if om else w.view(a, b))
             bs.append(buf[o + a * b:o + a * b + b])
             o += a * b + b
         return Ws, bs
@@ -66,11 +83,17 @@ class FlatMLP:
         """(B, fan_in) -> (B, n_out). With ``train``, keep what ``backward`` needs."""
         fwd, _ = _ACT_FUNCS[self.activation]
         keep_z = self.activation in ("gelu", "silu")  # their backward needs the pre-activation
+        if self.flat_bf16.numel():
+            self.flat_bf16.copy_(self.flat)  # the weights changed at the last optimizer step
         cache = []
         h = x
         last = len(self.shapes) - 1
-        for i, (W, b) in enumerate(zip(self.W, self.b)):
-            z = torch.addmm(b, h, W)  # (B, fan_out)
+        for i in range(last + 1):
+            if self.bf16[i]:
+                h = h.to(torch.bfloat16)  # (B, fan_in), also what the weight gradient needs
+                z = torch.addmm(self.b16[i], h, self.W16[i]).float()
+            else:
+                z = torch.addmm(self.b[i], h, self.W[i])  # (B, fan_out)
             if i < last:
                 a = fwd(z, inplace=not keep_z)
                 if train:
@@ -90,10 +113,20 @@ class FlatMLP:
         g = grad_out
         for i in range(len(self.shapes) - 1, -1, -1):
             h_in, _ = self._cache[i]
-            torch.mm(h_in.t(), g, out=self.gW[i])  # (fan_in, fan_out)
             torch.sum(g, 0, out=self.gb[i])
+            if self.bf16[i]:
+                g16 = g.to(torch.bfloat16)
+                self.gW[i].copy_(torch.mm(h_in.t(), g16))  # (fan_in, fan_out), rounded to bf16 on the way
+                if i > 0:
+                    g = torch.mm(g16, self.W16[i].t()).float()
+            else:
+                if self.out_major[i]:
+                    torch.mm(g.t(), h_in, out=self.gW_stored[i])  # (fan_out, fan_in)
+                else:
+                    torch.mm(h_in.t(), g, out=self.gW[i])  # (fan_in, fan_out)
+                if i > 0:
+                    g = torch.mm(g, self.W[i].t())  # gradient w.r.t. the previous layer's activation
             if i > 0:
-                g = torch.mm(g, self.W[i].t())  # gradient w.r.t. the previous layer's activation
                 g = bwd(g, self._cache[i - 1][1])  # ... and w.r.t. its pre-activation
         self._cache = []
 
@@ -109,6 +142,16 @@ class FlatMLP:
             if i < len(self.shapes) - 1:
                 layers.append(ACTIVATIONS[self.activation]())
         return nn.Sequential(*layers)
+
+
+def bf16_layers_for(shapes: Sequence[tuple[int, int]], batch_size: int, device: str | torch.device) -> list[int]:
+    """The layers worth running in bf16 on ``device``: hidden-to-hidden layers of at least 128 x 128 with a batch of
+    at least 128, on a CPU with native bf16 matmul (below that, oneDNN's bf16 call costs more than it saves)."""
+    from scalelab.common import cpu_supports_bf16
+
+    if torch.device(device).type != "cpu" or batch_size < 128 or not cpu_supports_bf16():
+        return []
+    return [i for i, (a, b) in enumerate(shapes) if 0 < i < len(shapes) - 1 and min(a, b) >= 128]
 
 
 def _relu_fwd(z: torch.Tensor, inplace: bool) -> torch.Tensor:

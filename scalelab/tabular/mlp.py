@@ -8,7 +8,8 @@ or ``learning_curve`` like any scikit-learn model; ``tests/test_tabular_mlp.py``
     clf.predict_proba(X_test)
 
 The training loop is lean on purpose (see ``benchmarks/bench_mlp.py``): the data live on the device as one tensor,
-every epoch shuffles by an index permutation (no DataLoader), and a step is forward, loss, backward, optimizer step.
+every epoch shuffles by an index permutation (no DataLoader), and a step is forward, loss gradient, backward, optimizer
+step (the epoch's training loss comes from all its steps' outputs at once).
 """
 
 from __future__ import annotations
@@ -28,9 +29,20 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from scalelab.tabular.fastnet import ACTIVATIONS, OPTIMIZERS, FlatMLP, FlatOptimizer, layer_shapes, training_flops
+from scalelab.tabular.fastnet import (
+    ACTIVATIONS,
+    OPTIMIZERS,
+    FlatMLP,
+    FlatOptimizer,
+    bf16_layers_for,
+    layer_shapes,
+    training_flops,
+)
 
 LR_SCHEDULES = ("constant", "cosine")
+MATMUL_DTYPES = ("auto", "float32")
+CLASSIFIER_LOSSES = ("log_loss", "gce")
+GCE_Q = 0.7  # Zhang & Sabuncu's default: between cross-entropy (q -> 0) and the bounded mean absolute error (q = 1)
 
 
 class _BaseMLP(BaseEstimator):
@@ -42,29 +54,38 @@ class _BaseMLP(BaseEstimator):
         optimizer: adam, adamw or sgd (with ``momentum``); learning_rate: its step size.
         lr_schedule: constant, or cosine (decays to zero over ``max_epochs``, set per epoch: a fixed step size
             keeps bouncing around the minimum, which costs accuracy on noisy labels).
+        loss: the classifier's training loss (the regressor always uses squared error): log_loss (cross-entropy),
+            or gce, generalised cross-entropy (1 - p_y^q) / q with q = 0.7 (Zhang & Sabuncu 2018). Cross-entropy
+            asks the network to match the label-noise level everywhere, and a network that cannot make the jump
+            from one noisy plateau to the next pays for that with misplaced class boundaries; gce bounds each
+            row's loss, so mislabelled rows pull less and the boundaries are placed for accuracy. Its
+            ``predict_proba`` is then less calibrated. None = log_loss.
         weight_decay: L2 coupled into the gradient for adam/sgd, decoupled for adamw (0 = none).
         max_epochs: passes over the training rows (scikit-learn's max_iter); batch_size: rows per step.
         early_stopping: hold out ``validation_fraction`` (stratified for classifiers), stop when the validation
             score has not improved by ``tol`` for ``n_iter_no_change`` epochs and keep the best weights. Without it,
             stop when the training loss has not improved by ``tol`` for ``n_iter_no_change`` epochs.
         random_state: None, an int or a RandomState; resolved in ``fit`` (weights, shuffling, validation split).
+        matmul_dtype: auto runs wide hidden-to-hidden layers (128 x 128 and up, batch 128 and up) in bfloat16 on a
+            CPU with native bf16 matmul, keeping float32 master weights (``FlatMLP``); float32 never does.
         device: cpu, cuda, cuda:N, mps or auto. num_threads: torch CPU threads during fit (None = 1 for small
             layers, torch's default otherwise). verbose: print the loss every epoch.
     """
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (64, 64), activation: str = "relu",
                  optimizer: str = "adam", learning_rate: float = 1e-3, lr_schedule: str = "constant",
-                 momentum: float = 0.9,
+                 momentum: float = 0.9, loss: str | None = None,
                  weight_decay: float = 0.0, max_epochs: int = 200, batch_size: int = 64,
                  early_stopping: bool = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
-                 tol: float = 1e-4, random_state: Any = None, device: str = "cpu", num_threads: int | None = None,
-                 verbose: bool = False) -> None:
+                 tol: float = 1e-4, random_state: Any = None, matmul_dtype: str = "auto", device: str = "cpu",
+                 num_threads: int | None = None, verbose: bool = False) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.momentum = momentum
+        self.loss = loss
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -73,6 +94,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.random_state = random_state
+        self.matmul_dtype = matmul_dtype
         self.device = device
         self.num_threads = num_threads
         self.verbose = verbose
@@ -84,8 +106,12 @@ class _BaseMLP(BaseEstimator):
         """y -> (training targets as float32 (n, n_out), n_out)."""
         raise NotImplementedError
 
-    def _loss_and_grad(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed loss over the batch as a 0-d tensor, dLoss_mean/dout)."""
+    def _loss_grad(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """dLoss_mean/dout for a batch (a new tensor; ``out`` is left as it is)."""
+        raise NotImplementedError
+
+    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss summed over rows, as a 0-d tensor."""
         raise NotImplementedError
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
@@ -97,8 +123,13 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise ValueError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got {self.matmul_dtype!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.loss is not None and self.loss not in (CLASSIFIER_LOSSES if self._is_classifier else ()):
+            raise ValueError(f"loss must be None or one of {CLASSIFIER_LOSSES if self._is_classifier else ()} "
+                             f"for {type(self).__name__}, got {self.loss!r}")
         hidden = self.hidden_layer_sizes
         if isinstance(hidden, int | np.integer):
             hidden = (int(hidden),)
@@ -145,7 +176,11 @@ class _BaseMLP(BaseEstimator):
             except ValueError:  # a class too small to stratify: fall back to a plain random split
                 X, X_val, T, T_val = train_test_split(X, T, test_size=self.validation_fraction, random_state=seed)
 
-        net = FlatMLP(layer_shapes(X.shape[1], self._hidden, n_out), self.activation, gen, torch.float32, device)
+        shapes = layer_shapes(X.shape[1], self._hidden, n_out)
+        bs = min(int(self.batch_size), X.shape[0])
+        bf16 = bf16_layers_for(shapes, bs, device) if self.matmul_dtype == "auto" else []
+        net = FlatMLP(shapes, self.activation, gen, torch.float32, device, bf16_layers=bf16)
+        self.bf16_layers_ = bf16
         opt = FlatOptimizer(self.optimizer, net.flat, net.grad, self.learning_rate, self.weight_decay,
                              self.momentum)
         Xt = torch.from_numpy(np.ascontiguousarray(X)).to(device)
@@ -154,8 +189,6 @@ class _BaseMLP(BaseEstimator):
             Xv = torch.from_numpy(np.ascontiguousarray(X_val)).to(device)
             Tv = torch.from_numpy(np.ascontiguousarray(T_val)).to(device)
         n = Xt.shape[0]
-        bs = min(int(self.batch_size), n)
-        starts = range(0, n, bs)
 
         self.loss_curve_: list[float] = []
         self.validation_scores_: list[float] | None = [] if X_val is not None else None
@@ -167,14 +200,15 @@ class _BaseMLP(BaseEstimator):
             if self.lr_schedule == "cosine":
                 opt.set_lr(0.5 * self.learning_rate * (1 + math.cos(math.pi * (epoch - 1) / max_epochs)))
             perm = torch.randperm(n, generator=gen).to(device)
-            Xs, Ts = Xt[perm], Tt[perm]  # shuffle once per epoch: every batch is then a contiguous view
-            total = torch.zeros((), device=device)
-            for s in starts:
-                out = net.forward(Xs[s:s + bs], train=True)
-                loss_sum, grad = self._loss_and_grad(out, Ts[s:s + bs])
-                net.backward(grad)
+            # shuffle once per epoch and cut it into batches in one call: every batch is then a contiguous view
+            Ts, outs = Tt[perm], []
+            for xb, tb in zip(Xt[perm].split(bs), Ts.split(bs)):
+                out = net.forward(xb, train=True)
+                net.backward(self._loss_grad(out, tb))
                 opt.step()
-                total += loss_sum
+                outs.append(out)
+            # the epoch's loss from every step's outputs at once: fewer kernels per step than a loss per batch
+            total = self._loss_sum(torch.cat(outs), Ts)
             epoch_loss = float(total) / n  # the one host sync per epoch
             self.loss_curve_.append(epoch_loss)
             if not math.isfinite(epoch_loss):
@@ -249,11 +283,19 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         k = len(self.classes_)
         return np.eye(k, dtype=np.float32)[self._label_encoder.transform(y)], k  # one-hot (n, k)
 
-    def _loss_and_grad(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logp = torch.log_softmax(out, 1)  # (B, k)
-        loss_sum = -torch.vdot(logp.view(-1), target.reshape(-1))
-        grad = logp.exp_().sub_(target).mul_(1.0 / out.shape[0])  # softmax - onehot, for the mean loss
-        return loss_sum, grad
+    def _loss_grad(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(out, 1)  # (B, k)
+        if self.loss == "gce":
+            # d/dout (1 - p_y^q)/q = p_y^q (softmax - onehot): cross-entropy's gradient, weighted per row
+            w = (p * target).sum(1, keepdim=True).pow_(GCE_Q)  # (B, 1)
+            return p.sub_(target).mul_(w).mul_(1.0 / out.shape[0])
+        return p.sub_(target).mul_(1.0 / out.shape[0])  # softmax - onehot, for the mean loss
+
+    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(out, 1)
+        if self.loss == "gce":
+            return (1.0 - (logp * target).sum(1).mul_(GCE_Q).exp_()).sum() / GCE_Q
+        return -torch.vdot(logp.view(-1), target.reshape(-1))
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         return float((out.argmax(1) == target.argmax(1)).float().mean())
@@ -294,10 +336,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.y_scale_ = np.where(scale > 0, scale, 1.0)
         return ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32), y2.shape[1]
 
-    def _loss_and_grad(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        diff = out - target  # (B, n_out)
-        loss_sum = torch.vdot(diff.view(-1), diff.view(-1)) / out.shape[1]
-        return loss_sum, diff.mul_(2.0 / diff.numel())  # gradient of the mean squared error
+    def _loss_grad(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.sub(out, target).mul_(2.0 / out.numel())  # gradient of the mean squared error
+
+    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = (out - target).view(-1)  # (B * n_out,)
+        return torch.vdot(diff, diff) / out.shape[1]
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         ss_res = float(((out - target) ** 2).sum())
