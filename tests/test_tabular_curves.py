@@ -87,6 +87,23 @@ def test_curves_cli_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     assert main(argv) == 0 and (out / "points.jsonl").read_text() == before
 
 
+def test_mlp_flags_reach_the_estimator() -> None:
+    """--mlp-activation/-schedule/-early-stopping/-loss set the plain MLP (the noisy-label recipe is reachable from
+    the command line); auto early stopping keeps the size rule."""
+    from scalelab.config import parse_config
+    from scalelab.tabular.baselines import model_overrides
+    from scalelab.tabular.curves import mlp_flags
+
+    cfg = parse_config(CurvesConfig, ["--dataset", "teacher", "--mlp-activation", "tanh", "--mlp-schedule", "cosine",
+                                      "--mlp-early-stopping", "off", "--mlp-loss", "gce", "--mlp-hidden", "256"])
+    kw = model_overrides("mlp", 19200, mlp_flags(cfg))
+    assert (kw["activation"], kw["lr_schedule"], kw["early_stopping"], kw["loss"]) == ("tanh", "cosine", False, "gce")
+    assert kw["hidden_layer_sizes"] == (256,)
+    auto = model_overrides("mlp", 19200, mlp_flags(CurvesConfig()))
+    assert auto["early_stopping"] is True and auto["activation"] == "relu" and auto["lr_schedule"] == "constant"
+    assert model_overrides("mlp", 500, mlp_flags(CurvesConfig()))["early_stopping"] is False
+
+
 def test_compute_curves_cli(tmp_path: Path) -> None:
     out = tmp_path / "c"
     assert main(["compute-curves", "--dataset", "teacher", "--n-samples", "2000", "--n-train", "500",

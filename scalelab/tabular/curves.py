@@ -63,6 +63,14 @@ class CurvesConfig:
     mlp_loss: str = field(default="log_loss", metadata={
         "help": "MLP classifier loss: log_loss (cross-entropy) or gce (generalised cross-entropy, for noisy labels)",
         "choices": ["log_loss", "gce"]})
+    mlp_activation: str = field(default="relu", metadata={
+        "help": "MLP hidden activation", "choices": ["relu", "tanh", "gelu", "silu", "logistic", "identity"]})
+    mlp_schedule: str = field(default="constant", metadata={
+        "help": "MLP learning-rate schedule: constant, or cosine to zero over the epochs",
+        "choices": ["constant", "cosine"]})
+    mlp_early_stopping: str = field(default="auto", metadata={
+        "help": "MLP early stopping on a held-out tenth: auto (from 1,000 rows), on, off (train every epoch)",
+        "choices": ["auto", "on", "off"]})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the seeds for the crossover interval"})
     device: str = field(default="cpu", metadata={"help": "MLP device: cpu, cuda, auto"})
     out: str = field(default="runs/curves", metadata={"help": "output folder"})
@@ -136,6 +144,10 @@ def mlp_flags(cfg: Any) -> dict[str, Any]:
         kw["max_epochs"] = cfg.mlp_epochs
     if getattr(cfg, "mlp_loss", "log_loss") != "log_loss":  # a regression task has no choice of loss
         kw["loss"] = cfg.mlp_loss
+    kw["activation"] = getattr(cfg, "mlp_activation", "relu")
+    kw["lr_schedule"] = getattr(cfg, "mlp_schedule", "constant")
+    if getattr(cfg, "mlp_early_stopping", "auto") != "auto":
+        kw["early_stopping"] = cfg.mlp_early_stopping == "on"
     return kw
 
 
