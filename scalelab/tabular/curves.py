@@ -26,7 +26,9 @@ from scalelab.common import UsageError, append_jsonl, atomic_write_text, progres
 from scalelab.config import to_dict
 from scalelab.tabular.baselines import check_models, make_model, model_overrides, parse_weights
 from scalelab.tabular.datasets import Dataset, load_csv, load_dataset
+from scalelab.tabular.fastnet import ACTIVATIONS
 from scalelab.tabular.fits import PowerLawFit, bootstrap_fits, crossover_vs_all, fit_power_law
+from scalelab.tabular.mlp import CLASSIFIER_LOSSES, LR_SCHEDULES
 
 
 @dataclass
@@ -62,12 +64,12 @@ class CurvesConfig:
     mlp_lr: float = field(default=2e-3, metadata={"help": "MLP Adam learning rate"})
     mlp_loss: str = field(default="log_loss", metadata={
         "help": "MLP classifier loss: log_loss (cross-entropy) or gce (generalised cross-entropy, for noisy labels)",
-        "choices": ["log_loss", "gce"]})
+        "choices": list(CLASSIFIER_LOSSES)})
     mlp_activation: str = field(default="relu", metadata={
-        "help": "MLP hidden activation", "choices": ["relu", "tanh", "gelu", "silu", "logistic", "identity"]})
+        "help": "MLP hidden activation", "choices": list(ACTIVATIONS)})
     mlp_schedule: str = field(default="constant", metadata={
         "help": "MLP learning-rate schedule: constant, or cosine to zero over the epochs",
-        "choices": ["constant", "cosine"]})
+        "choices": list(LR_SCHEDULES)})
     mlp_early_stopping: str = field(default="auto", metadata={
         "help": "MLP early stopping on a held-out tenth: auto (from 1,000 rows), on, off (train every epoch)",
         "choices": ["auto", "on", "off"]})
@@ -137,16 +139,15 @@ def subsample(y_pool: np.ndarray, n: int, seed: int, task: str) -> np.ndarray:
     raise UsageError(f"cannot draw {n} training rows with two classes or more; use larger --sizes")
 
 
-def mlp_flags(cfg: Any) -> dict[str, Any]:
+def mlp_flags(cfg: CurvesConfig) -> dict[str, Any]:
     """The plain MLP's settings from the --mlp-* flags."""
-    kw: dict[str, Any] = {"hidden_layer_sizes": tuple(cfg.mlp_hidden), "learning_rate": cfg.mlp_lr}
+    kw: dict[str, Any] = {"hidden_layer_sizes": tuple(cfg.mlp_hidden), "learning_rate": cfg.mlp_lr,
+                          "activation": cfg.mlp_activation, "lr_schedule": cfg.mlp_schedule}
     if cfg.mlp_epochs:
         kw["max_epochs"] = cfg.mlp_epochs
-    if getattr(cfg, "mlp_loss", "log_loss") != "log_loss":  # a regression task has no choice of loss
+    if cfg.mlp_loss != "log_loss":  # only for classification (a regression task is refused before this)
         kw["loss"] = cfg.mlp_loss
-    kw["activation"] = getattr(cfg, "mlp_activation", "relu")
-    kw["lr_schedule"] = getattr(cfg, "mlp_schedule", "constant")
-    if getattr(cfg, "mlp_early_stopping", "auto") != "auto":
+    if cfg.mlp_early_stopping != "auto":  # auto: the size rule of default_mlp_params
         kw["early_stopping"] = cfg.mlp_early_stopping == "on"
     return kw
 
