@@ -160,7 +160,7 @@ def _check_model(served: Served, model: str | None) -> None:
                        param="model", code="model_not_found")
 
 
-def _limit_tokens(served: Served, body: schemas._Request, n_prompt: int, prompt_param: str) -> int:
+def _limit_tokens(served: Served, body: schemas.GenerationRequest, n_prompt: int, prompt_param: str) -> int:
     """max_tokens for this request, or a 400 saying which limit (server limit or context length) was hit."""
     ctx = served.context_length
     if n_prompt >= ctx:
@@ -181,7 +181,7 @@ def _limit_tokens(served: Served, body: schemas._Request, n_prompt: int, prompt_
     return asked
 
 
-def _submit(served: Served, body: schemas._Request, prompt_ids: list[int], prompt_param: str) -> Any:
+def _submit(served: Served, body: schemas.GenerationRequest, prompt_ids: list[int], prompt_param: str) -> Any:
     from scalelab.lm.inference.engine import QueueFull
 
     if served.closing:

@@ -41,7 +41,9 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 
 # ----------------------------------------------------------------------------------------------- requests
 
-class _Request(BaseModel):
+class GenerationRequest(BaseModel):
+    """The sampling fields both generation routes take (chat completions and completions)."""
+
     model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = Field(None, description="model id from GET /v1/models; omitted = the served model")
@@ -103,11 +105,11 @@ class ContentPart(BaseModel):
     text: str
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(..., min_length=1)
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] = Field(..., description="a text prompt (a list must hold exactly one string)")
     echo: bool = False
 
@@ -123,7 +125,7 @@ class CompletionRequest(_Request):
         return v
 
 
-_Request.model_rebuild()
+GenerationRequest.model_rebuild()
 ChatCompletionRequest.model_rebuild()
 CompletionRequest.model_rebuild()
 ChatMessage.model_rebuild()
