@@ -137,3 +137,30 @@ def test_sft_without_a_base_checkpoint_is_a_clear_error(tmp_path, capsys) -> Non
     assert main(["sft", "--run", str(tmp_path / "run")]) == 2
     hint = f"no checkpoint to start from (run `scalelab pretrain --run {tmp_path / 'run'}` first)"
     assert hint in capsys.readouterr().err
+
+
+def test_sft_batch_geometry_is_pretrainings_and_a_start_writes_config_once(tmp_path, capsys, monkeypatch) -> None:
+    """SFT sizes its batches with train.config.batch_geometry (a total that does not divide is refused, not floored),
+    and one SFT start writes config.json once, with the stage, its mixture and its packing report."""
+    import json
+
+    from test_chat_cli import scripted_run
+
+    import scalelab.config
+    from scalelab.__main__ import main
+
+    run = scripted_run(tmp_path / "run", stage="base")
+    args = ["sft", "--run", str(run), "--tasks", "arithmetic:1", "--conversations", "40", "--batch-size", "2",
+            "--seq-len", "32", "--device", "cpu", "--dtype", "fp32", "--max-steps", "1", "--preflight-steps", "0",
+            "--eval-every", "0", "--sample-tokens", "0"]
+    assert main([*args, "--total-batch-tokens", "100"]) == 2
+    assert ("--total-batch-tokens 100 must be a multiple of batch-size * seq-len * processes = 2 * 32 * 1 = 64"
+            in capsys.readouterr().err)
+    writes = []
+    write = scalelab.config.atomic_write_text
+    monkeypatch.setattr(scalelab.config, "atomic_write_text", lambda path, text: (writes.append(path),
+                                                                                   write(path, text)))
+    assert main([*args, "--total-batch-tokens", "128"]) == 0
+    assert [p for p in writes if p.name == "config.json"] == [run / "config.json"]
+    saved = json.loads((run / "config.json").read_text())
+    assert set(saved) == {"chat", "sft_mixture", "sft_data"} and saved["chat"]["total_batch_tokens"] == 128
