@@ -42,6 +42,22 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "config.json").read_text())["stage"]["name"] == "a"
 
 
+
+def test_parse_args_names_the_given_fields_and_a_resume_keeps_only_those(tmp_path: Path) -> None:
+    """The fields set in --config or as flags are 'given'; a resumed stage takes every other field from its
+    checkpoint's saved config (checkpoint.merge_saved_config, used by checkpoint.resolve_start)."""
+    from scalelab.config import parse_args
+    from scalelab.lm.checkpoint import merge_saved_config
+    from scalelab.lm.train.config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("lr: 0.01\n")
+    cfg, _, given = parse_args(TrainConfig, ["--config", str(tmp_path / "c.yaml"), "--run", "r", "--max-steps", "9"])
+    assert given == {"lr", "run", "max_steps"}
+    saved = {"train_config": {"run": "r", "lr": 0.5, "max_steps": 3, "batch_size": 5, "seq_len": 48}}
+    merged = merge_saved_config(cfg, saved, given, tmp_path / "meta.json")
+    assert (merged.lr, merged.max_steps, merged.batch_size, merged.seq_len) == (0.01, 9, 5, 48)
+
+
 SHIPPED = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
