@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +103,18 @@ def test_configs_follow_one_naming_scheme() -> None:
     assert all(n.rpartition("_")[2] in stages for n in names), [n for n in names if n.rpartition("_")[2] not in stages]
     assert not [n for n in names if n.partition("_")[0] in stages], "a stage name stands first"
 
+
+def test_every_config_the_repository_names_exists() -> None:
+    """A config named in code, docs or scripts (configs/<name>.yaml, or a glob such as configs/*_curves.yaml) exists:
+    a renamed config leaves no stale name behind."""
+    root = Path(__file__).parents[1]
+    texts = [root / "README.md", root / "Makefile", *root.glob("scalelab/**/*.py"), *root.glob("scripts/*"),
+             *root.glob("benchmarks/*.py"), *root.glob("configs/*.yaml"), *root.glob("tests/*.py")]
+    names = {p.name for p in SHIPPED}
+    stale = [f"{path.relative_to(root)}: configs/{m}" for path in texts if path.is_file()
+             for m in re.findall(r"configs/([\w*]+\.yaml)", path.read_text(encoding="utf-8"))
+             if not fnmatch.filter(names, m)]
+    assert not stale, stale
 
 def test_site_packages_is_a_corpus_source() -> None:
     from scalelab.common import UsageError

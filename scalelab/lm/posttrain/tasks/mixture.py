@@ -7,7 +7,8 @@
 Weights are relative: task ``t`` gets round(n_train * w_t / sum(w)) training conversations (largest remainder, so
 the counts add up to n_train). Every task is seeded from ``seed`` and its name, so adding a task does not change the
 others' examples. Evaluation sets are the tasks' held-out examples (user files have none). Shipped configs:
-configs/mixture_*.yaml (``--config``); flags: ``--tasks arithmetic:3 email:1 --user-files mine.jsonl:2``.
+configs/*_mixture.yaml (``scalelab sft --mixture-config``); sft's flags: ``--tasks arithmetic:3 email:1 --data
+mine.jsonl:2``.
 """
 
 from __future__ import annotations
