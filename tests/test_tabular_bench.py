@@ -49,6 +49,15 @@ def test_piecewise_linear_encoding() -> None:
     assert z[:, 4].tolist() == [1, 0, 1, 0, 1]
 
 
+def test_the_model_tables_agree() -> None:
+    """A new baseline is a MODELS entry plus its FAMILY (tabular-bench groups by it); the other tables name only
+    known models."""
+    assert set(baselines.FAMILY) == set(baselines.MODELS)
+    named = {*baselines.EXTRAS, *baselines.PRETRAINED, *baselines.LINEAR, *sum(baselines.DEFAULT_MODELS.values(), [])}
+    assert named <= set(baselines.MODELS)
+    assert all(task in baselines.MODELS[m] for task, ms in baselines.DEFAULT_MODELS.items() for m in ms)
+
+
 def test_hgb_in_default_set_and_missing_extra_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     assert "hgb" in baselines.DEFAULT_MODELS["classification"] and "hgb" in baselines.DEFAULT_MODELS["regression"]
     real = importlib.util.find_spec
