@@ -4,6 +4,7 @@
 #   bash scripts/demo.sh [RUN_DIR]                          # default runs/demo; about 10 minutes on 2 CPU cores
 #   DEMO_PROFILE=laptop bash scripts/demo.sh runs/laptop    # configs/laptop_*.yaml: about 2 hours, a better model
 #   DEMO_PROFILE=gpu bash scripts/demo.sh runs/gpu          # configs/gpu_*.yaml: one CUDA GPU, about 75 minutes
+#   DEMO_DATA_ONLY=1 bash scripts/demo.sh                     # only say which data sets it would use and replace
 #
 # Re-running continues: a finished stage is skipped (its marker is RUN_DIR/.demo/<stage>.done; delete it to redo
 # the stage), and a stage that was interrupted resumes from its last checkpoint. Every stage is a plain `scalelab`
@@ -57,6 +58,7 @@ if [ "$PROFILE" = gpu ]; then  # its mixture and evaluation read these; nothing 
 fi
 echo "used: $USED"
 echo "replaced: ${REPLACED:-nothing}"
+[ "${DEMO_DATA_ONLY:-0}" = 1 ] && exit 0
 
 # Run a stage unless its marker says it finished; record its wall time in the marker.
 stage() {

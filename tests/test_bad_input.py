@@ -113,6 +113,28 @@ def test_flag_prefixes_are_not_accepted_and_typos_get_a_suggestion(byte_run: Pat
     refused(["curves", "--seed", "0"], capsys, "unknown flag --seed (did you mean --seeds?)")
 
 
+def test_every_command_refuses_prefixes_and_takes_run_dir_beside_run(tmp_path: Path, capsys) -> None:
+    """No command accepts an abbreviated flag (``--hel`` is not ``--help``), and every command whose help offers
+    ``--run`` offers ``--run-dir`` too (torchrun claims any flag spelled --run...), the ones not built from a config
+    dataclass (report, data) included."""
+    import re
+
+    from scalelab.__main__ import COMMANDS
+
+    for name in COMMANDS:
+        assert main([name, "--help"]) == 0, name
+        out = capsys.readouterr().out
+        if re.search(r"--run(?![-\w])", out):
+            assert "--run-dir" in out, f"scalelab {name} takes --run but not --run-dir"
+        assert main([name, "--hel"]) == 2, f"scalelab {name} took --hel for --help"
+        assert "Traceback" not in capsys.readouterr().err
+    refused(["report", "--run", str(tmp_path), "--tab"], capsys, "unknown flag --tab (did you mean --table?)")
+    refused(["data", "list", "--hel"], capsys, "unknown flag --hel (did you mean --help?)")
+    refused(["data", "pull", "tiny_shakespeare", "--mirr", "http://127.0.0.1:9"], capsys, "unknown flag --mirr")
+    assert main(["report", "--run-dir", str(tmp_path), "--table"]) == 0
+    assert "no eval/*.json yet" in capsys.readouterr().out
+
+
 def test_version_and_unknown_commands(capsys) -> None:
     from importlib.metadata import version
 

@@ -183,3 +183,33 @@ def test_a_named_set_is_a_corpus_source(dirs: tuple[Path, Path]) -> None:
         (data / "toy" / name).write_bytes(body)
     src = parse_source("toy:2")
     assert src.path == str(data / "toy") and src.weight == 2.0 and src.kind == "files"
+
+
+def test_the_demo_says_which_sets_it_used_and_which_it_replaced(tmp_path: Path) -> None:
+    """scripts/demo.sh's data-set section (DEMO_DATA_ONLY=1 stops after it): in a bare clone MAGIC is replaced by
+    digits and the chat sets by synthetic conversations, and it says so; a set that is present is named as used."""
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {"SCALELAB_DATA": str(data), "XDG_CACHE_HOME": str(tmp_path / "xdg"), "PATH": "/usr/bin:/bin",
+           "HOME": str(tmp_path), "PYTHON": sys.executable, "DEMO_DATA_ONLY": "1", "SCALELAB_NO_PROGRESS": "1"}
+
+    def demo() -> dict[str, str]:
+        done = subprocess.run(["bash", str(root / "scripts" / "demo.sh"), str(tmp_path / "run")], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        lines = dict(line.split(": ", 1) for line in done.stdout.splitlines()
+                     if line.startswith(("used:", "replaced:")))
+        assert "== tabular" not in done.stdout  # stopped after the data sets
+        return lines
+
+    bare = demo()
+    assert bare["used"] == "stdlib (tokenizer and pretraining corpus), digits (tabular study)"
+    assert bare["replaced"].startswith("magic_gamma_telescope -> scikit-learn's digits (tabular study); "
+                                       "fastchat_dummy_conversation -> synthetic conversations (SFT)")
+    (data / "magic_gamma_telescope").mkdir()
+    for name in ds.SETS["magic_gamma_telescope"].files:
+        (data / "magic_gamma_telescope" / name).write_text("stand-in\n")
+    with_magic = demo()
+    assert "magic_gamma_telescope (tabular study)" in with_magic["used"]
+    assert "magic_gamma_telescope" not in with_magic["replaced"]

@@ -301,3 +301,16 @@ def test_import_then_continue_pretraining_is_one_obvious_path(exported, tmp_path
     # and the next run resumes it like any other
     assert main(["pretrain", "--run", str(run), *flags[:1], "4", *flags[2:]]) == 0
     assert "resuming" in capsys.readouterr().out
+
+
+def test_import_refuses_a_tokenizer_without_scalelab_special_tokens(exported, tmp_path, capsys) -> None:
+    """What the README says an importable tokenizer needs: scalelab's special tokens at ids 0-5; another model's
+    tokenizer is refused in one line naming what it found, and no run is written."""
+    src = tmp_path / "llama"
+    shutil.copytree(exported[False], src)
+    text = (src / "tokenizer.json").read_text(encoding="utf-8").replace("<|bos|>", "<s>")
+    (src / "tokenizer.json").write_text(text, encoding="utf-8")
+    assert main(["import", "--format", "hf", str(src), "--run", str(tmp_path / "imp")]) == 2
+    err = capsys.readouterr().err
+    assert "special tokens must have ids" in err and "not a scalelab tokenizer" in err and "Traceback" not in err
+    assert not (tmp_path / "imp" / "base").exists()

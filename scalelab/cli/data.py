@@ -11,10 +11,9 @@ Where sets are looked for (data folder $SCALELAB_DATA, cache, package) is in sca
 
 from __future__ import annotations
 
-import argparse
-
 from scalelab import data_sources as ds
 from scalelab.common import print0
+from scalelab.config import ArgumentParser
 
 
 def human(n: int) -> str:
@@ -43,7 +42,7 @@ def list_rows(names: list[str]) -> list[dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scalelab data", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="scalelab data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True, metavar="{list,path,pull}")
     p_list = sub.add_parser("list", help="every named set: present or not, where, size, licence")
     p_list.add_argument("names", nargs="*", metavar="NAME", help="only these sets (default: all)")

@@ -6,17 +6,18 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from scalelab.common import UsageError, print0
+from scalelab.config import ArgumentParser
 from scalelab.report import load_evals, render_report
 from scalelab.runs import RunDir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scalelab report", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, metavar="DIR", help="run folder, e.g. runs/demo")
+    parser = ArgumentParser(prog="scalelab report", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", "--run-dir", dest="run", required=True, metavar="DIR",
+                        help="run folder, e.g. runs/demo (--run-dir: the same, for torchrun)")
     parser.add_argument("--table", action="store_true", help="only print the per-task table; write nothing")
     args = parser.parse_args(argv)
     if not Path(args.run).is_dir():
