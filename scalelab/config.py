@@ -128,6 +128,9 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") 
     if unknown:
         raise UsageError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
     kwargs = {k: _coerce(v, hints[k], k, where) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k, v in kwargs.items():  # before __post_init__ runs on them (a zero n_head would divide by zero there)
+        _check_field(fields[k], v, where)
     try:
         cfg = cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -142,22 +145,25 @@ RANGE_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 def check_ranges(cfg: Any, where: str = "config") -> None:
     """UsageError naming the first field outside its declared range, or any NaN / infinite number."""
     for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        values = value if isinstance(value, list | tuple) else [value]
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int | float):
+        _check_field(f, getattr(cfg, f.name), where)
+
+
+def _check_field(f: dataclasses.Field, value: Any, where: str) -> None:
+    values = value if isinstance(value, list | tuple) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        name = f"--{f.name.replace('_', '-')}" if where == "flags" else f"field '{f.name}'"
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError(f"{where}: {name} must be a finite number, got {v}")
+        for key in RANGE_WORDS:
+            bound = f.metadata.get(key)
+            if bound is None:
                 continue
-            name = f"--{f.name.replace('_', '-')}" if where == "flags" else f"field '{f.name}'"
-            if isinstance(v, float) and not math.isfinite(v):
-                raise UsageError(f"{where}: {name} must be a finite number, got {v}")
-            for key in RANGE_WORDS:
-                bound = f.metadata.get(key)
-                if bound is None:
-                    continue
-                ok = {"ge": v >= bound, "gt": v > bound, "le": v <= bound, "lt": v < bound}[key]
-                if not ok:
-                    rule = " and ".join(f"{RANGE_WORDS[k]} {f.metadata[k]}" for k in RANGE_WORDS if k in f.metadata)
-                    raise UsageError(f"{where}: {name} = {v} is out of range (must be {rule})")
+            ok = {"ge": v >= bound, "gt": v > bound, "le": v <= bound, "lt": v < bound}[key]
+            if not ok:
+                rule = " and ".join(f"{RANGE_WORDS[k]} {f.metadata[k]}" for k in RANGE_WORDS if k in f.metadata)
+                raise UsageError(f"{where}: {name} = {v} is out of range (must be {rule})")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

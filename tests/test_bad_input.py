@@ -83,6 +83,10 @@ def trained(tmp_path_factory) -> Path:
     ("n_layer", "two", "field 'n_layer' expects int, got 'two'"),
     ("vocab_size", 1e9, "model_config says vocab_size 1000000000, n_embd 64 but model.safetensors holds an "
                         "embedding of shape [262, 64]"),
+    ("n_head", 0, "field 'n_head' = 0 is out of range (must be >= 1)"),  # checked before n_embd % n_head
+    ("n_kv_head", 0, "field 'n_kv_head' = 0 is out of range (must be >= 1)"),
+    ("n_layer", -1, "field 'n_layer' = -1 is out of range (must be >= 1)"),
+    ("norm_eps", -1e-5, "field 'norm_eps' = -1e-05 is out of range (must be > 0)"),
 ])
 def test_a_hand_edited_meta_json_is_refused_before_allocating(trained: Path, tmp_path: Path, capsys, field: str,
                                                                 value, match: str) -> None:

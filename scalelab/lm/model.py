@@ -29,15 +29,17 @@ PRESETS: dict[str, int] = {"nano": 2, "micro": 4, "tiny": 6, "small": 8, "gpt2-s
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = field(default=4096, metadata={"help": "tokenizer vocabulary size (set from the tokenizer)"})
-    n_layer: int = field(default=4, metadata={"help": "number of Transformer blocks"})
-    n_embd: int = field(default=256, metadata={"help": "model width (channels)"})
-    n_head: int = field(default=4, metadata={"help": "query heads; n_embd must divide by it"})
-    n_kv_head: int = field(default=4, metadata={"help": "key/value heads (grouped-query attention); divides n_head"})
-    intermediate_size: int = field(default=0, metadata={"help": "SwiGLU hidden size; 0 = about 8/3 * n_embd"})
-    max_seq_len: int = field(default=256, metadata={"help": "context length in tokens"})
-    rope_theta: float = field(default=10000.0, metadata={"help": "rotary embedding base"})
-    norm_eps: float = field(default=1e-5, metadata={"help": "RMSNorm epsilon"})
+    vocab_size: int = field(default=4096, metadata={"ge": 1, "help": "tokenizer vocabulary size (set from the "
+                                                                     "tokenizer)"})
+    n_layer: int = field(default=4, metadata={"ge": 1, "help": "number of Transformer blocks"})
+    n_embd: int = field(default=256, metadata={"ge": 1, "help": "model width (channels)"})
+    n_head: int = field(default=4, metadata={"ge": 1, "help": "query heads; n_embd must divide by it"})
+    n_kv_head: int = field(default=4, metadata={"ge": 1, "help": "key/value heads (grouped-query attention); "
+                                                                "divides n_head"})
+    intermediate_size: int = field(default=0, metadata={"ge": 0, "help": "SwiGLU hidden size; 0 = about 8/3 * n_embd"})
+    max_seq_len: int = field(default=256, metadata={"ge": 1, "help": "context length in tokens"})
+    rope_theta: float = field(default=10000.0, metadata={"gt": 0, "help": "rotary embedding base"})
+    norm_eps: float = field(default=1e-5, metadata={"gt": 0, "help": "RMSNorm epsilon"})
     tie_embeddings: bool = field(default=False, metadata={"help": "share the input embedding and output layer"})
 
     def __post_init__(self) -> None:
