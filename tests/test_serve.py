@@ -5,6 +5,7 @@ Run: .venv/bin/pytest tests/test_serve.py -q
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
@@ -15,7 +16,8 @@ import openai
 import pytest
 from serve_fixtures import live_server, tiny_chat_run  # noqa: F401  (fixture)
 
-from scalelab.serve.app import ServeConfig, build_app, create_app
+from scalelab.serve.app import build_app, create_app
+from scalelab.serve.config import ServeConfig
 
 MAX_TOKENS_LIMIT = 48
 
@@ -83,12 +85,26 @@ def test_chat_completion_non_streamed(client, model_id):
     assert again.choices[0].message.content == choice.message.content  # seed makes sampling reproducible
 
 
-def test_chat_completion_streamed_matches_greedy(client, model_id):
+@contextlib.contextmanager
+def paced(app, seconds: float):
+    """Slow every engine step by ``seconds``: a tiny model on a loaded machine can otherwise finish a whole reply
+    between two wake-ups of the event loop, and what a test watches (chunks, a hang-up) would depend on load."""
+    batch = app.state.served.engine.engine._batch
+    step = batch.step
+    batch.step = lambda: (time.sleep(seconds), step())[1]
+    try:
+        yield
+    finally:
+        del batch.step  # the class's own method again
+
+
+def test_chat_completion_streamed_matches_greedy(app, client, model_id):
     kwargs = dict(model=model_id, messages=[{"role": "system", "content": "Be brief."},
                                             {"role": "user", "content": "Count to three."}],
                   max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
     whole = client.chat.completions.create(**kwargs)
-    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    with paced(app, 0.02):
+        chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content and text
@@ -244,10 +260,7 @@ def test_disconnect_cancels_generation(app, server):
     body = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": MAX_TOKENS_LIMIT, "stream": True,
             "ignore_eos": True, "temperature": 1.0}
     before = len(spy.requests)
-    batch = spy.engine._batch  # pace the engine (5 ms a step), so the budget cannot run out before the hang-up lands
-    step = batch.step
-    batch.step = lambda: (time.sleep(0.005), step())[1]
-    try:
+    with paced(app, 0.005):  # so the budget cannot run out before the hang-up lands
         with httpx.Client(timeout=30) as http, http.stream("POST", server + "/v1/chat/completions", json=body) as r:
             events = (json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {"))
             first = [next(events), next(events)]  # the role chunk and one content chunk, then hang up
@@ -256,8 +269,6 @@ def test_disconnect_cancels_generation(app, server):
         deadline = time.monotonic() + 10
         while getattr(req, "finish_reason", None) is None and time.monotonic() < deadline:
             time.sleep(0.02)
-    finally:
-        del batch.step
     assert req.finish_reason == "cancelled" and req.completion_tokens < MAX_TOKENS_LIMIT, \
         "the generation ran to the end after the client left"
 
