@@ -8,7 +8,7 @@ device (Hugging Face with its SDPA attention), e.g. ``--device cuda --model gpt2
 1,8,64``; the results go to benchmarks/results/bench_generate[_<model>]_<device>.json.
 
 1. Single stream, batch 1, greedy, ``--new-tokens`` new tokens after the same 32-token prompt, no stop token:
-   ``scalelab.lm.inference.engine.generate`` vs ``LlamaForCausalLM.generate`` (weights converted through
+   ``scalelab.lm.inference.batching.generate`` vs ``LlamaForCausalLM.generate`` (weights converted through
    scalelab/lm/interop/hf.py's name table) vs our ``GPT.forward`` with its own ``KVCache`` (the model's reference
    path). Trials alternate between the contenders and the median counts, so a busy machine hurts both alike.
    Target: engine >= 3x Hugging Face. The greedy outputs are compared as a check (fp32: they should agree).
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from scalelab.lm.inference.engine import Engine, generate  # noqa: E402
+from scalelab.lm.inference.batching import generate  # noqa: E402
+from scalelab.lm.inference.engine import Engine  # noqa: E402
 from scalelab.lm.inference.loading import run_in_fresh_thread
 from scalelab.lm.model import GPT, ModelConfig
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from scalelab.lm.checkpoint import load_model
     from scalelab.lm.data.tokenizer import load_tokenizer
-    from scalelab.lm.inference.engine import generate
+    from scalelab.lm.inference.batching import generate
     from scalelab.lm.interop.gguf import export_gguf
 
     model, meta, step_dir = load_model(args.run, args.stage)

@@ -15,15 +15,11 @@ import pytest
 import torch
 
 from scalelab.lm.inference import batching, cpu_kernels
-from scalelab.lm.inference.engine import (
-    Decoder,
-    Engine,
-    QueueFull,
-    Sampler,
-    TextStream,
-    generate,
-    generate_batch,
-)
+from scalelab.lm.inference.batching import generate, generate_batch
+from scalelab.lm.inference.decoding import Decoder
+from scalelab.lm.inference.engine import Engine, QueueFull
+from scalelab.lm.inference.sampling import Sampler
+from scalelab.lm.inference.textstream import TextStream
 from scalelab.lm.model import GPT, ModelConfig
 from scalelab.lm.special_tokens import ASSISTANT, BOS, END, SPECIAL_TOKENS
 

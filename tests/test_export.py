@@ -147,7 +147,7 @@ def test_pipeline_greedy_text_equals_scalelab_sample(exported, tmp_path_factory,
 
     from scalelab.lm.chat import render_prompt
     from scalelab.lm.data.tokenizer import load_tokenizer
-    from scalelab.lm.inference.engine import generate
+    from scalelab.lm.inference.batching import generate
 
     run = tiny_run(tmp_path_factory)
     model, _, _ = load_model(run)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from scalelab.lm.inference.batching import generate
 from scalelab.lm.inference.decoding import Decoder
-from scalelab.lm.inference.engine import Engine, generate
+from scalelab.lm.inference.engine import Engine
 from scalelab.lm.model import GPT, ModelConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from scalelab.lm.data.loader import to_device
 from scalelab.lm.inference import batching, cpu_kernels, decoding, graphs
+from scalelab.lm.inference.batching import generate, generate_batch
 from scalelab.lm.inference.decoding import Decoder
-from scalelab.lm.inference.engine import Engine, generate, generate_batch
+from scalelab.lm.inference.engine import Engine
 from scalelab.lm.inference.sampling import Sampler, sample_on_device, sample_rows
 from scalelab.lm.model import GPT, ModelConfig
 from scalelab.lm.train import loss as chunked_loss

@@ -20,7 +20,8 @@ from serve_fixtures import live_server, tiny_chat_run  # noqa: F401  (fixture)
 
 from scalelab.lm.chat import stop_token_ids
 from scalelab.lm.special_tokens import END, SPECIAL_TOKENS
-from scalelab.serve.app import ServeConfig, build_app, create_app
+from scalelab.serve.app import build_app, create_app
+from scalelab.serve.config import ServeConfig
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

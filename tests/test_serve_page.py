@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from serve_fixtures import live_server, make_chat_run
 
-from scalelab.serve.app import ServeConfig, build_app, create_app
+from scalelab.serve.app import build_app, create_app
+from scalelab.serve.config import ServeConfig
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

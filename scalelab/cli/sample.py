@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SampleConfig, argv, prog="scalelab sample")
     cfg.check()
     from scalelab.lm.chat import stop_token_ids
-    from scalelab.lm.inference.engine import TextStream, generate
+    from scalelab.lm.inference.batching import generate
     from scalelab.lm.inference.loading import load_for_inference
+    from scalelab.lm.inference.textstream import TextStream
     from scalelab.lm.special_tokens import BOS, encode_text
 
     for stream in (sys.stdout, sys.stderr):

@@ -36,7 +36,7 @@ from scalelab.common import UsageError
 from scalelab.lm.chat import stop_token_ids
 from scalelab.lm.special_tokens import BOS, encode_text
 from scalelab.serve import schemas
-from scalelab.serve.config import API_KEY_ENV, LOOPBACK_HOSTS, SERVED_ALIAS, ServeConfig
+from scalelab.serve.config import SERVED_ALIAS, ServeConfig
 from scalelab.serve.guard import Guard, error_response
 from scalelab.serve.schemas import APIError, ChatCompletionRequest, CompletionRequest
 
@@ -427,4 +427,4 @@ def build_app(cfg: ServeConfig) -> FastAPI:
                       on_shutdown=engine.close)
 
 
-__all__ = ["API_KEY_ENV", "LOOPBACK_HOSTS", "ServeConfig", "Served", "build_app", "create_app"]
+__all__ = ["Served", "build_app", "create_app"]

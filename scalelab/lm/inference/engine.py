@@ -2,7 +2,8 @@
 
 Three ways in, all on the same decode path (``Decoder``):
 
-    from scalelab.lm.inference.engine import Engine, generate, generate_batch
+    from scalelab.lm.inference.batching import generate, generate_batch
+    from scalelab.lm.inference.engine import Engine
     for token_id in generate(model, prompt_ids, max_new_tokens=64, temperature=0):    # streams ids
         ...
     outs = generate_batch(model, [ids_a, ids_b], max_new_tokens=64, temperature=0)     # list of id lists
@@ -36,7 +37,7 @@ one across tokens: text ending in U+FFFD is held back until the character comple
 and text that might be the start of a stop string is held back until it is known not to be one.
 
 The decoder (decoding.py), batches and ``generate`` (batching.py), sampler (sampling.py) and detokeniser
-(textstream.py) are re-exported here; loading a model for it is loading.py's job.
+(textstream.py) are imported from their own modules; loading a model for the engine is loading.py's job.
 Tests: ``.venv/bin/pytest tests/test_engine.py -q``; speed: ``.venv/bin/python benchmarks/bench_generate.py``.
 """
 
@@ -52,14 +53,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from scalelab.lm.inference.batching import Batch, Row, check_prompt, generate, generate_batch
+from scalelab.lm.inference.batching import Batch, Row, check_prompt
 from scalelab.lm.inference.decoding import Decoder, unwrap
 from scalelab.lm.inference.sampling import Sampler
 from scalelab.lm.inference.textstream import StopStrings, TextStream
 from scalelab.lm.special_tokens import encode_text
 
-__all__ = ["AUTO_MAX_DELAY", "Decoder", "Engine", "QueueFull", "Request", "Sampler", "TextStream",
-           "auto_stream_interval", "generate", "generate_batch"]
+__all__ = ["AUTO_MAX_DELAY", "Engine", "QueueFull", "Request", "auto_stream_interval"]
 
 T = TypeVar("T")
 

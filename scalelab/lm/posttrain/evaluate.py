@@ -2,7 +2,7 @@
 
 The base model is prompted with the task's few-shot text (``task.few_shot_prompt``) and its continuation is cut where
 the next question would start; the chat model is prompted through the chat template (``render_prompt``) and stops at
-``<|end|>``. Prompts are generated in batches (``engine.generate_batch``), greedily by default, so a score is
+``<|end|>``. Prompts are generated in batches (``batching.generate_batch``), greedily by default, so a score is
 reproducible. Multiple-choice sets (ARC, HellaSwag, PIQA, ...; scalelab/lm/posttrain/multiple_choice.py) are scored by
 log-likelihood when the model is large enough for them to mean anything (``--mc auto``: ``--mc-min-params``), or
 always with ``--mc on``. Tasks that run model-written code (mbpp) need the sandbox's jail (bubblewrap); without one
@@ -80,8 +80,8 @@ def decode(tok: Any, ids: Sequence[int]) -> str:
 
 def engine_completer(model: torch.nn.Module, tok: Any, max_new_tokens: int, batch_size: int = 32,
                      temperature: float = 0.0, seed: int = 0) -> Completer:
-    """A completer on top of ``engine.generate_batch`` (continuous batching of up to ``batch_size`` rows)."""
-    from scalelab.lm.inference.engine import generate_batch
+    """A completer on top of ``batching.generate_batch`` (continuous batching of up to ``batch_size`` rows)."""
+    from scalelab.lm.inference.batching import generate_batch
 
     def complete(prompts: list[list[int]], stop_ids: list[int]) -> list[str]:
         gens = generate_batch(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,

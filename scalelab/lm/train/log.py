@@ -95,7 +95,7 @@ def sample_completions(model, prompts: list[str], tokenizer_path: Path | None, m
 
         tok = Tokenizer.from_file(str(tokenizer_path))
     try:
-        from scalelab.lm.inference.engine import generate
+        from scalelab.lm.inference.batching import generate
     except ImportError:
         generate = None
     out = []
