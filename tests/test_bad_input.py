@@ -56,6 +56,66 @@ def test_the_same_range_holds_in_yaml(byte_run: Path, tmp_path: Path, capsys) ->
             f"{tmp_path / 'c.yaml'}: field 'beta2' = 1.5 is out of range")
 
 
+@pytest.mark.parametrize("argv,match", [
+    (["curves", "--max-test", "-5"], "--max-test = -5 is out of range (must be >= 0)"),
+    (["curves", "--n-boot", "-1"], "--n-boot = -1 is out of range (must be >= 0)"),
+    (["curves", "--sizes", "50", "0"], "--sizes = 0 is out of range (must be >= 2)"),
+    (["curves", "--test-fraction", "1"], "--test-fraction = 1.0 is out of range (must be > 0 and < 1)"),
+    (["curves", "--mlp-lr", "0"], "--mlp-lr = 0.0 is out of range (must be > 0 and <= 10)"),
+    (["compute-curves", "--epochs", "-1"], "--epochs = -1 is out of range (must be >= 1)"),
+    (["compute-curves", "--widths", "-8"], "--widths = -8 is out of range (must be >= 1)"),
+    (["tabular-bench", "--threads", "0"], "--threads = 0 is out of range (must be >= 1)"),
+    (["tokenizer", "--vocab-size", "-5"], "--vocab-size = -5 is out of range (must be >= 262"),
+    (["scaling", "--budgets", "1e12", "-1"], "--budgets = -1.0 is out of range (must be > 0)"),
+    (["scaling", "--warmup-frac", "2"], "--warmup-frac = 2.0 is out of range (must be >= 0 and <= 1)"),
+    (["plan", "--minutes", "-1"], "--minutes = -1.0 is out of range (must be >= 0)"),
+    (["plan", "--max-depth", "-3"], "--max-depth = -3 is out of range (must be >= 1)"),
+])
+def test_out_of_range_flags_of_the_tabular_and_scaling_commands(tmp_path: Path, capsys, argv: list[str],
+                                                                match: str) -> None:
+    """Refused while parsing: before any data set is loaded or any output is written."""
+    where = {"tokenizer": "--run-dir", "plan": "--scaling"}.get(argv[0], "--out")
+    refused([*argv, where, str(tmp_path / "out")], capsys, match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_numeric_config_field_declares_its_range(capsys, monkeypatch) -> None:
+    """Every int/float field (and list of them) of every config dataclass the CLI builds flags from, of the configs
+    in their modules, and of the sft mixture YAML, declares a range: a new field without one fails here."""
+    import dataclasses
+    import importlib
+    import sys
+    import typing
+
+    import scalelab.config as C
+    from scalelab.__main__ import COMMANDS
+    from scalelab.lm.posttrain.tasks.mixture import MixtureConfig
+
+    seen: dict[str, type] = {"MixtureConfig": MixtureConfig}
+    add = C.add_dataclass_args
+    monkeypatch.setattr(C, "add_dataclass_args", lambda parser, cls: (seen.setdefault(cls.__name__, cls),
+                                                                      add(parser, cls)))
+    for name in COMMANDS:
+        assert main([name, "--help"]) == 0, name
+    capsys.readouterr()
+    modules = {importlib.import_module(m) for m, _ in COMMANDS.values()} | {sys.modules[c.__module__]
+                                                                         for c in seen.values()}
+    for module in modules:
+        for obj in vars(module).values():
+            if dataclasses.is_dataclass(obj) and isinstance(obj, type) and obj.__name__.endswith("Config"):
+                seen.setdefault(obj.__name__, obj)
+    assert {"CurvesConfig", "ComputeConfig", "BenchConfig", "TokenizerConfig", "TrainConfig", "SFTConfig",
+            "ScalingConfig", "PlanConfig", "ServeConfig", "ModelConfig"} <= set(seen), sorted(seen)
+    unranged = []
+    for cls in seen.values():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = C._base_type(hints[f.name])[0]
+            if (C._list_item_type(tp) or tp) in (int, float) and not set(C.RANGE_WORDS) & set(f.metadata):
+                unranged.append(f"{cls.__name__}.{f.name}")
+    assert not unranged, unranged
+
+
 def test_a_truncated_gzip_corpus_names_the_file(tmp_path: Path, capsys) -> None:
     path = tmp_path / "docs.jsonl.gz"
     data = gzip.compress(b"".join(json.dumps({"text": f"document {i} " * 20}).encode() + b"\n" for i in range(400)))

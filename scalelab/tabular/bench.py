@@ -45,19 +45,28 @@ class BenchConfig:
         "help": "models to run where they fit the task (empty = each task's default set; see scalelab curves)"})
     weights: list[str] = field(default_factory=list, metadata={"help": "MODEL=FILE weights for tabpfn / tabicl"})
     sizes: list[int] = field(default_factory=lambda: [50, 150, 500, 1500, 5000, 20000],
-                             metadata={"help": "training sizes (rows), shared by every data set up to its cap"})
-    max_train: int = field(default=5000, metadata={"help": "size cap for data sets without @ROWS (0 = no cap)"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one fit per seed and size"})
-    test_fraction: float = field(default=0.2, metadata={"help": "held-out fraction when a set has no test split"})
-    max_test: int = field(default=5000, metadata={"help": "cap on test rows (0 = no cap)"})
-    n_samples: int = field(default=25000, metadata={"help": "rows of each synthetic data set"})
-    noise: float = field(default=0.1, metadata={"help": "teacher: label noise (Bayes accuracy is 1 - noise)"})
-    n_features: int = field(default=6, metadata={"help": "teacher input dimension"})
-    sigma: float = field(default=0.5, metadata={"help": "synthetic_regression: noise std (irreducible MSE sigma^2)"})
-    synthetic_seed: int = field(default=1, metadata={"help": "seed of the synthetic tasks (0 is the one tuned on)"})
-    threads: int = field(default=1, metadata={"help": "BLAS/OpenMP/torch threads per fit, the same for every model"})
-    n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the seeds for crossover intervals"})
-    time_budget: float = field(default=0.0, metadata={"help": "minutes; no new fit starts after it (0 = none)"})
+                             metadata={"ge": 2,
+                                       "help": "training sizes (rows), shared by every data set up to its cap"})
+    max_train: int = field(default=5000, metadata={"ge": 0,
+        "help": "size cap for data sets without @ROWS (0 = no cap)"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"ge": 0, "help": "one fit per seed and size"})
+    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1,
+        "help": "held-out fraction when a set has no test split"})
+    max_test: int = field(default=5000, metadata={"ge": 0, "help": "cap on test rows (0 = no cap)"})
+    n_samples: int = field(default=25000, metadata={"ge": 2, "help": "rows of each synthetic data set"})
+    noise: float = field(default=0.1, metadata={"ge": 0, "lt": 1,
+        "help": "teacher: label noise (Bayes accuracy is 1 - noise)"})
+    n_features: int = field(default=6, metadata={"ge": 1, "help": "teacher input dimension"})
+    sigma: float = field(default=0.5, metadata={"ge": 0,
+        "help": "synthetic_regression: noise std (irreducible MSE sigma^2)"})
+    synthetic_seed: int = field(default=1, metadata={"ge": 0,
+        "help": "seed of the synthetic tasks (0 is the one tuned on)"})
+    threads: int = field(default=1, metadata={"ge": 1,
+        "help": "BLAS/OpenMP/torch threads per fit, the same for every model"})
+    n_boot: int = field(default=200, metadata={"ge": 0,
+        "help": "bootstrap resamples of the seeds for crossover intervals (0 = none)"})
+    time_budget: float = field(default=0.0, metadata={"ge": 0,
+        "help": "minutes; no new fit starts after it (0 = none)"})
     device: str = field(default="cpu", metadata={"help": "device of the neural models: cpu, cuda, auto"})
     out: str = field(default="runs/tabular_bench", metadata={"help": "output folder (cells/ makes it resumable)"})
 

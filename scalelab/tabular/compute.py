@@ -31,22 +31,25 @@ class ComputeConfig:
     target: str | None = field(default=None, metadata={"help": "target column of --data"})
     task: str = field(default="auto", metadata={"help": "auto, classification or regression",
                                                 "choices": ["auto", "classification", "regression"]})
-    n_train: int = field(default=4000, metadata={"help": "training rows (0 = all)"})
+    n_train: int = field(default=4000, metadata={"ge": 0, "help": "training rows (0 = all)"})
     widths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128],
-                              metadata={"help": "hidden widths to sweep (every hidden layer)"})
-    depth: int = field(default=2, metadata={"help": "number of hidden layers"})
-    epochs: list[int] = field(default_factory=lambda: [1, 3, 10, 30], metadata={"help": "epoch budgets to sweep"})
-    batch_size: int = field(default=128, metadata={"help": "MLP batch size (examples)"})
-    lr: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
+                              metadata={"ge": 1, "help": "hidden widths to sweep (every hidden layer)"})
+    depth: int = field(default=2, metadata={"ge": 1, "help": "number of hidden layers"})
+    epochs: list[int] = field(default_factory=lambda: [1, 3, 10, 30], metadata={"ge": 1,
+        "help": "epoch budgets to sweep"})
+    batch_size: int = field(default=128, metadata={"ge": 1, "help": "MLP batch size (examples)"})
+    lr: float = field(default=2e-3, metadata={"gt": 0, "le": 10, "help": "Adam learning rate"})
     baselines: list[str] = field(default_factory=lambda: ["svm", "logreg"],
                                  metadata={"help": "classical models for the reference line (empty = none)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    test_fraction: float = field(default=0.2, metadata={"help": "held-out fraction when the data has no test split"})
-    max_test: int = field(default=5000, metadata={"help": "cap on test rows (0 = no cap)"})
-    n_samples: int = field(default=20000, metadata={"help": "rows of a synthetic data set"})
-    noise: float = field(default=0.1, metadata={"help": "teacher: fraction of labels replaced by another class"})
-    sigma: float = field(default=0.5, metadata={"help": "synthetic_regression: noise standard deviation"})
-    n_features: int = field(default=0, metadata={"help": "synthetic input dimension (0 = the task's default)"})
+    seed: int = field(default=0, metadata={"ge": 0, "help": "random seed"})
+    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1,
+        "help": "held-out fraction when the data has no test split"})
+    max_test: int = field(default=5000, metadata={"ge": 0, "help": "cap on test rows (0 = no cap)"})
+    n_samples: int = field(default=20000, metadata={"ge": 2, "help": "rows of a synthetic data set"})
+    noise: float = field(default=0.1, metadata={"ge": 0, "lt": 1,
+        "help": "teacher: fraction of labels replaced by another class"})
+    sigma: float = field(default=0.5, metadata={"ge": 0, "help": "synthetic_regression: noise standard deviation"})
+    n_features: int = field(default=0, metadata={"ge": 0, "help": "synthetic input dimension (0 = the task's default)"})
     device: str = field(default="cpu", metadata={"help": "MLP device: cpu, cuda, auto"})
     out: str = field(default="runs/compute", metadata={"help": "output folder"})
 

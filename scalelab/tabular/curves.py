@@ -47,21 +47,24 @@ class CurvesConfig:
                 "empty = the task's default set"})
     weights: list[str] = field(default_factory=list, metadata={
         "help": "MODEL=FILE weights of a pretrained model (tabpfn, tabicl); never downloaded"})
-    sizes: list[int] = field(default_factory=list, metadata={"help": "training-set sizes (rows); empty = "
-                                                                     "log-spaced from --min-size to all"})
-    n_sizes: int = field(default=8, metadata={"help": "number of log-spaced sizes when --sizes is empty"})
-    min_size: int = field(default=25, metadata={"help": "smallest training-set size when --sizes is empty"})
-    max_train: int = field(default=0, metadata={"help": "cap on the training pool in rows (0 = no cap)"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one fit per seed and size"})
-    test_fraction: float = field(default=0.2, metadata={"help": "held-out fraction when the data has no test split"})
-    max_test: int = field(default=5000, metadata={"help": "cap on test rows (0 = no cap)"})
-    n_samples: int = field(default=20000, metadata={"help": "rows of a synthetic data set"})
-    noise: float = field(default=0.1, metadata={"help": "teacher: fraction of labels replaced by another class"})
-    sigma: float = field(default=0.5, metadata={"help": "synthetic_regression: noise standard deviation"})
-    n_features: int = field(default=0, metadata={"help": "synthetic input dimension (0 = the task's default)"})
-    mlp_hidden: list[int] = field(default_factory=lambda: [128, 128], metadata={"help": "MLP hidden layer widths"})
-    mlp_epochs: int = field(default=0, metadata={"help": "MLP max epochs (0 = by data size: 100 to 300)"})
-    mlp_lr: float = field(default=2e-3, metadata={"help": "MLP Adam learning rate"})
+    sizes: list[int] = field(default_factory=list, metadata={"ge": 2,
+        "help": "training-set sizes (rows); empty = log-spaced from --min-size to all"})
+    n_sizes: int = field(default=8, metadata={"ge": 1, "help": "number of log-spaced sizes when --sizes is empty"})
+    min_size: int = field(default=25, metadata={"ge": 2, "help": "smallest training-set size when --sizes is empty"})
+    max_train: int = field(default=0, metadata={"ge": 0, "help": "cap on the training pool in rows (0 = no cap)"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"ge": 0, "help": "one fit per seed and size"})
+    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1,
+        "help": "held-out fraction when the data has no test split"})
+    max_test: int = field(default=5000, metadata={"ge": 0, "help": "cap on test rows (0 = no cap)"})
+    n_samples: int = field(default=20000, metadata={"ge": 2, "help": "rows of a synthetic data set"})
+    noise: float = field(default=0.1, metadata={"ge": 0, "lt": 1,
+        "help": "teacher: fraction of labels replaced by another class"})
+    sigma: float = field(default=0.5, metadata={"ge": 0, "help": "synthetic_regression: noise standard deviation"})
+    n_features: int = field(default=0, metadata={"ge": 0, "help": "synthetic input dimension (0 = the task's default)"})
+    mlp_hidden: list[int] = field(default_factory=lambda: [128, 128], metadata={"ge": 1,
+        "help": "MLP hidden layer widths"})
+    mlp_epochs: int = field(default=0, metadata={"ge": 0, "help": "MLP max epochs (0 = by data size: 100 to 300)"})
+    mlp_lr: float = field(default=2e-3, metadata={"gt": 0, "le": 10, "help": "MLP Adam learning rate"})
     mlp_loss: str = field(default="log_loss", metadata={
         "help": "MLP classifier loss: log_loss (cross-entropy) or gce (generalised cross-entropy, for noisy labels)",
         "choices": list(CLASSIFIER_LOSSES)})
@@ -73,7 +76,8 @@ class CurvesConfig:
     mlp_early_stopping: str = field(default="auto", metadata={
         "help": "MLP early stopping on a held-out tenth: auto (from 1,000 rows), on, off (train every epoch)",
         "choices": ["auto", "on", "off"]})
-    n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the seeds for the crossover interval"})
+    n_boot: int = field(default=200, metadata={"ge": 0,
+        "help": "bootstrap resamples of the seeds for the crossover interval (0 = no interval)"})
     device: str = field(default="cpu", metadata={"help": "MLP device: cpu, cuda, auto"})
     out: str = field(default="runs/curves", metadata={"help": "output folder"})
 

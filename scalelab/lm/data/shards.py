@@ -33,6 +33,7 @@ from scalelab.lm.data.corpus import (
     scan,
 )
 from scalelab.lm.data.tokenizer import (
+    MIN_VOCAB_SIZE,
     check_vocab_size,
     copy_tokenizer,
     load_tokenizer,
@@ -61,7 +62,7 @@ class TokenizerConfig:
         "cli": False, "help": "validate on these sources instead of a --val-fraction of the corpus"})
     val_fraction: float = field(default=0.01, metadata={"ge": 0, "lt": 1,
         "help": "fraction of documents (chosen by content hash) held out for validation; 0 = none"})
-    vocab_size: int = field(default=4096, metadata={
+    vocab_size: int = field(default=4096, metadata={"ge": MIN_VOCAB_SIZE, "le": 2**32 - 1,
         "help": "tokens in the vocabulary, special tokens included"})
     max_train_bytes: int = field(default=50_000_000, metadata={"ge": 0,
         "help": "bytes of training text the tokenizer learns from (a hash-chosen sample, weights applied); 0 = all"})

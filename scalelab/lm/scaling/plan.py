@@ -26,14 +26,17 @@ class PlanConfig:
     """Model size and token count for a time or FLOP budget, from a sweep's fitted scaling law."""
 
     scaling: str = field(default="", metadata={"help": "sweep folder holding scaling.json (scalelab scaling --out)"})
-    minutes: float = field(default=0.0, metadata={"help": "wall-clock training budget in minutes (0 = use --flops)"})
-    flops: float = field(default=0.0, metadata={"help": "training compute budget in FLOPs (0 = use --minutes)"})
+    minutes: float = field(default=0.0, metadata={"ge": 0,
+        "help": "wall-clock training budget in minutes (0 = use --flops)"})
+    flops: float = field(default=0.0, metadata={"ge": 0,
+        "help": "training compute budget in FLOPs (0 = use --minutes)"})
     device: str = field(default="auto", metadata={"help": "device the run will use: auto, cpu, cuda, mps"})
     dtype: str = field(default="", metadata={"help": "autocast dtype ('' = the sweep's)"})
-    tokens_per_s: float = field(default=0.0, metadata={
+    tokens_per_s: float = field(default=0.0, metadata={"ge": 0,
         "help": "skip the measurement and assume this speed for every size (0 = measure with preflight)"})
-    max_depth: int = field(default=16, metadata={"help": "largest depth-dial model considered (width 64 x depth)"})
-    preflight_steps: int = field(default=5, metadata={"help": "dry steps timed per measurement"})
+    max_depth: int = field(default=16, metadata={"ge": 1,
+        "help": "largest depth-dial model considered (width 64 x depth)"})
+    preflight_steps: int = field(default=5, metadata={"ge": 1, "help": "dry steps timed per measurement"})
 
 
 def candidates(sweep_cfg: dict[str, Any], vocab: int, max_depth: int) -> dict[str, dict[str, int]]:

@@ -33,6 +33,7 @@ import torch
 from scalelab.common import UsageError, print0, progress, read_json, write_json
 from scalelab.config import config_from_dict
 from scalelab.lm.data.loader import TokenSource, load_meta, token_source
+from scalelab.lm.data.tokenizer import MIN_VOCAB_SIZE
 from scalelab.lm.model import ModelConfig
 from scalelab.lm.scaling.synthetic import SyntheticSpec, truth_path, write_corpus
 from scalelab.runs import RunDir
@@ -52,51 +53,58 @@ class ScalingConfig:
         "help": "corpus: the --corpus specs; synthetic: a Markov chain over made-up words with exact entropy",
         "choices": ["corpus", "synthetic"]})
     corpus: list[str] = field(default_factory=lambda: ["stdlib"], metadata={"help": "corpus specs (as tokenizer)"})
-    vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary of the shared tokenizer"})
-    val_fraction: float = field(default=0.03, metadata={"help": "fraction of documents held out for validation"})
+    vocab_size: int = field(default=2048, metadata={"ge": MIN_VOCAB_SIZE, "le": 2**32 - 1,
+        "help": "BPE vocabulary of the shared tokenizer"})
+    val_fraction: float = field(default=0.03, metadata={"gt": 0, "lt": 1,
+        "help": "fraction of documents held out for validation"})
     synthetic: dict[str, Any] = field(default_factory=dict, metadata={
         "cli": False, "help": "SyntheticSpec fields for source: synthetic (words, successors, documents, ...)"})
     # ---- grid
-    budgets: list[float] = field(default_factory=lambda: [1e12, 3e12, 1e13], metadata={
+    budgets: list[float] = field(default_factory=lambda: [1e12, 3e12, 1e13], metadata={"gt": 0,
         "help": "compute budgets C in training FLOPs (at least 3 for the IsoFLOP laws)"})
     sizes: list[str] = field(default_factory=lambda: ["1x32", "1x64", "2x64", "2x96", "3x128"], metadata={
         "help": "model sizes as LAYERSxWIDTH (head width 64, or the width when smaller)"})
-    min_sizes: int = field(default=4, metadata={"help": "refuse a budget left with fewer sizes than this"})
-    min_steps: int = field(default=40, metadata={"help": "a point with fewer optimizer steps is left out (noted)"})
-    max_tokens_per_param: float = field(default=0.0, metadata={
+    min_sizes: int = field(default=4, metadata={"ge": 1, "help": "refuse a budget left with fewer sizes than this"})
+    min_steps: int = field(default=40, metadata={"ge": 1,
+        "help": "a point with fewer optimizer steps is left out (noted)"})
+    max_tokens_per_param: float = field(default=0.0, metadata={"ge": 0,
         "help": "leave out points with more tokens per parameter than this (0 = no limit)"})
     curve_size: str = field(default="", metadata={
         "help": "size for the n-gram vs Transformer learning curve ('' = the first size every budget ran)"})
-    curve_tokens: list[int] = field(default_factory=list, metadata={
+    curve_tokens: list[int] = field(default_factory=list, metadata={"ge": 1,
         "help": "extra training-token counts at curve-size for that curve (small D: where n-grams do well)"})
     # ---- training (one schedule family for every point)
-    seq_len: int = field(default=128, metadata={"help": "context length in tokens"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per optimizer step"})
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (every point)"})
-    warmup_frac: float = field(default=0.05, metadata={"help": "warmup steps as a fraction of each point's steps"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to this fraction of the peak"})
-    eval_tokens: int = field(default=65536, metadata={"help": "validation tokens scored per point"})
-    eval_context: int = field(default=32, metadata={"help": "tokens of context before the first scored target"})
+    seq_len: int = field(default=128, metadata={"ge": 1, "le": 1048576, "help": "context length in tokens"})
+    batch_size: int = field(default=16, metadata={"ge": 1, "help": "sequences per optimizer step"})
+    lr: float = field(default=3e-3, metadata={"gt": 0, "le": 10, "help": "peak learning rate (every point)"})
+    warmup_frac: float = field(default=0.05, metadata={"ge": 0, "le": 1,
+        "help": "warmup steps as a fraction of each point's steps"})
+    min_lr_ratio: float = field(default=0.1, metadata={"ge": 0, "le": 1,
+        "help": "cosine decays to this fraction of the peak"})
+    eval_tokens: int = field(default=65536, metadata={"ge": 1, "help": "validation tokens scored per point"})
+    eval_context: int = field(default=32, metadata={"ge": 0,
+        "help": "tokens of context before the first scored target"})
     dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto, bf16, fp16, fp32"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
     compile: bool = field(default=False, metadata={"help": "torch.compile each point's model"})
-    save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (a killed point resumes)"})
-    seed: int = field(default=1337, metadata={"help": "seed of weights and data order (every point)"})
-    time_budget: float = field(default=0.0, metadata={
+    save_every: int = field(default=200, metadata={"ge": 0,
+        "help": "checkpoint every N steps (a killed point resumes; 0 = only at the end)"})
+    seed: int = field(default=1337, metadata={"ge": 0, "help": "seed of weights and data order (every point)"})
+    time_budget: float = field(default=0.0, metadata={"ge": 0,
         "help": "minutes the unfinished points may take, estimated by preflight from measured speed; refused if "
                 "over (0 = no limit)"})
     # ---- analysis
     fit_params: str = field(default="non_embedding", metadata={
         "help": "N in the fits: non_embedding (the parameters that cost FLOPs) or total", "choices":
         ["non_embedding", "total"]})
-    fit_min_steps: int = field(default=0, metadata={
+    fit_min_steps: int = field(default=0, metadata={"ge": 0,
         "help": "leave points trained for fewer optimizer steps out of the L(N, D) fit (at a fixed batch a small "
                 "budget gives few steps, and a run that short is still learning the basics, off the power law); "
                 "0 = fit every point"})
-    n_boot: int = field(default=200, metadata={"help": "bootstrap resamples for the intervals"})
-    e_max_rel_width: float = field(default=0.1, metadata={
+    n_boot: int = field(default=200, metadata={"ge": 0, "help": "bootstrap resamples for the intervals (0 = none)"})
+    e_max_rel_width: float = field(default=0.1, metadata={"gt": 0,
         "help": "E counts as pinned down when its interval is at most this fraction of E wide"})
-    ngram_orders: list[int] = field(default_factory=lambda: [2, 3, 4], metadata={"help": "Kneser-Ney orders"})
+    ngram_orders: list[int] = field(default_factory=lambda: [2, 3, 4], metadata={"ge": 1, "help": "Kneser-Ney orders"})
     fit_only: bool = field(default=False, metadata={"help": "train nothing: refit and replot the finished points"})
 
 
