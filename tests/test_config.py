@@ -60,6 +60,30 @@ def test_parse_args_names_the_given_fields_and_a_resume_keeps_only_those(tmp_pat
     assert (merged.lr, merged.max_steps, merged.batch_size, merged.seq_len) == (0.01, 9, 5, 48)
 
 
+def test_a_checkpoint_saved_before_a_field_was_renamed_still_resumes(tmp_path: Path) -> None:
+    """meta.json of an older checkpoint says sample_tokens; it now fills sample_max_tokens (unless given)."""
+    from scalelab.config import parse_args
+    from scalelab.lm.checkpoint import merge_saved_config
+    from scalelab.lm.train.config import TrainConfig
+
+    saved = {"train_config": {"run": "r", "sample_tokens": 7, "max_steps": 3}}
+    cfg, _, given = parse_args(TrainConfig, ["--run", "r"])
+    merged = merge_saved_config(cfg, saved, given, tmp_path / "meta.json")
+    assert (merged.sample_max_tokens, merged.max_steps) == (7, 3)
+    cfg, _, given = parse_args(TrainConfig, ["--run", "r", "--sample-max-tokens", "0"])
+    assert merge_saved_config(cfg, saved, given, tmp_path / "meta.json").sample_max_tokens == 0
+
+
+@pytest.mark.parametrize("command", ["pretrain", "sft"])
+def test_the_old_sample_tokens_flag_is_refused(command: str, capsys) -> None:
+    """--sample-max-tokens reads like --max-tokens of sample/chat/eval/serve; the old flag (or a prefix) is refused."""
+    from scalelab.__main__ import main
+
+    for old in ("--sample-tokens", "--sample-max"):
+        assert main([command, old, "0"]) == 2
+        assert f"unknown flag {old} (did you mean --sample-max-tokens?)" in capsys.readouterr().err
+
+
 SHIPPED = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
