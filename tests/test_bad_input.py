@@ -15,7 +15,7 @@ from scalelab.__main__ import main
 from scalelab.lm.train.loop import train
 
 FAST = ["--depth", "1", "--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--device", "cpu",
-        "--dtype", "fp32", "--preflight-steps", "0", "--sample-tokens", "0", "--eval-tokens", "512"]
+        "--dtype", "fp32", "--preflight-steps", "0", "--sample-max-tokens", "0", "--eval-tokens", "512"]
 
 
 def refused(argv: list[str], capsys, match: str) -> None:

@@ -125,35 +125,65 @@ def test_ctrl_c_stops_a_reply_and_long_history_is_trimmed(chat_run: Path) -> Non
 
 
 def test_arrow_keys_edit_the_line_in_a_real_terminal(chat_run: Path) -> None:
-    """In a terminal the prompt has line editing: typing /fo, Left, X gives the line /fXo, not /fo^[[DX."""
+    """In a terminal the prompt has line editing: typing /fo, Left, X gives the line /fXo, not /fo^[[DX.
+
+    Every read and the wait for the child are bounded (60 s), so a stuck chat fails the test instead of hanging it.
+    """
     import pty
     import select
+    import signal
     import time
 
+    limit_s = 60.0
     pid, fd = pty.fork()
     if pid == 0:  # the child: scalelab chat on the pty
         os.chdir(Path(__file__).resolve().parents[1])
         os.execve(sys.executable, [sys.executable, "-m", "scalelab", "chat", "--run", str(chat_run), *FLAGS], ENV)
     seen = b""
+    exited = False
 
-    def read_until(marker: bytes, timeout: float = 60) -> None:
+    def read_some(wait_s: float) -> bool:
+        """Append what the terminal shows within ``wait_s``; False once the child has closed it."""
         nonlocal seen
-        deadline = time.time() + timeout
-        while marker not in seen and time.time() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
+        ready, _, _ = select.select([fd], [], [], wait_s)
+        if not ready:
+            return True
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child exited and the terminal is closed
+            return False
+        seen += chunk
+        return bool(chunk)
+
+    def read_until(marker: bytes, timeout_s: float = limit_s) -> None:
+        deadline = time.monotonic() + timeout_s
+        while marker not in seen:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {marker!r} within {timeout_s:.0f} s; the terminal shows {seen[-500:]!r}")
+            if not read_some(0.5):
+                pytest.fail(f"chat exited before {marker!r}; the terminal shows {seen[-500:]!r}")
+
+    def wait_for_exit(timeout_s: float = limit_s) -> None:
+        nonlocal exited
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            exited = os.waitpid(pid, os.WNOHANG)[0] == pid
+            if exited:
+                return
+            if not read_some(0.1):  # keep draining, so a child writing to the terminal never blocks
+                time.sleep(0.1)  # the terminal is closed: only the exit is left to see
+        pytest.fail(f"chat did not exit within {timeout_s:.0f} s of Ctrl-D; the terminal shows {seen[-500:]!r}")
 
     try:
         read_until(b"you> ")
         os.write(fd, b"/fo\x1b[DX\r")  # \x1b[D is the Left arrow
         read_until(b"unknown command")
-        read_until(b"you> ", timeout=5)
+        read_until(b"you> ", timeout_s=5)
         os.write(fd, b"\x04")  # Ctrl-D
+        wait_for_exit()
     finally:
-        os.waitpid(pid, 0)
+        if not exited:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # a killed child is reaped at once
         os.close(fd)
     assert b"unknown command '/fXo'" in seen, seen[-500:]

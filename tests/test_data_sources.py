@@ -185,6 +185,31 @@ def test_a_named_set_is_a_corpus_source(dirs: tuple[Path, Path]) -> None:
     assert src.path == str(data / "toy") and src.weight == 2.0 and src.kind == "files"
 
 
+def test_a_file_folder_or_glob_inside_a_named_set_is_a_corpus_source(dirs: tuple[Path, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """SET/REL names a file, folder or glob inside the set, wherever the data layer finds it; a local path wins."""
+    from scalelab.lm.data.corpus import iter_source, parse_source
+
+    data, _ = dirs
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="scalelab data pull toy"):
+        parse_source("toy/a.txt")
+    for name, body in {**TOY_FILES, "more/b.txt": b"third\n"}.items():
+        (data / "toy" / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / "toy" / name).write_bytes(body)
+    src = parse_source("toy/a.txt:2")
+    assert (src.path, src.weight, src.kind) == (str(data / "toy" / "a.txt"), 2.0, "files")
+    assert "".join(iter_source(src)) == TOY_FILES["a.txt"].decode()
+    assert list(iter_source(parse_source("toy/sub.jsonl#text"))) == ["second"] * 20
+    assert list(iter_source(parse_source("toy/more"))) == ["third\n"]
+    assert parse_source("toy/*.txt").path == str(data / "toy" / "*.txt")
+    with pytest.raises(UsageError, match="no such file"):
+        parse_source("toy/missing.txt")
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "a.txt").write_text("local\n")
+    assert parse_source("toy/a.txt").path == "toy/a.txt"
+
+
 def test_the_demo_says_which_sets_it_used_and_which_it_replaced(tmp_path: Path) -> None:
     """scripts/demo.sh's data-set section (DEMO_DATA_ONLY=1 stops after it): in a bare clone MAGIC is replaced by
     digits and the chat sets by synthetic conversations, and it says so; a set that is present is named as used."""

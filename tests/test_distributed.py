@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 COMMON = ["--depth", "1", "--n-layer", "2", "--seq-len", "64", "--batch-size", "4", "--total-batch-tokens", "512",
           "--max-steps", "6", "--warmup-steps", "2", "--eval-every", "0", "--eval-tokens", "2048", "--log-every", "1",
-          "--dtype", "fp32", "--device", "cpu", "--preflight-steps", "0", "--sample-tokens", "0", "--num-threads", "1"]
+          "--dtype", "fp32", "--device", "cpu", "--preflight-steps", "0", "--sample-max-tokens", "0",
+          "--num-threads", "1"]
 
 
 def env() -> dict[str, str]:
@@ -122,7 +123,8 @@ def test_fsdp_samples_at_each_evaluation(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=240)
     assert tok.returncode == 0, tok.stderr
     out = torchrun(["--standalone", "--nproc_per_node", "2"],  # a repeated flag: the last one counts
-                   ["--run-dir", str(run), *COMMON, "--sample-tokens", "8", "--parallel", "fsdp", "--max-steps", "2"])
+                   ["--run-dir", str(run), *COMMON, "--sample-max-tokens", "8", "--parallel", "fsdp",
+                    "--max-steps", "2"])
     assert out.returncode == 0, out.stdout + out.stderr
     samples = [line for line in out.stdout.splitlines() if line.strip().startswith("sample ")]
     assert samples and not [s for s in samples if "Error" in s], samples

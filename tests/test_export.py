@@ -282,7 +282,7 @@ def test_import_then_continue_pretraining_is_one_obvious_path(exported, tmp_path
     assert main(["import", "--format", "hf", str(src), "--run", str(run)]) == 0
     capsys.readouterr()
     flags = ["--max-steps", "2", "--batch-size", "2", "--seq-len", "32", "--device", "cpu", "--dtype", "fp32",
-             "--preflight-steps", "0", "--sample-tokens", "0", "--eval-tokens", "256"]
+             "--preflight-steps", "0", "--sample-max-tokens", "0", "--eval-tokens", "256"]
     # no token data yet: the hint names a command that runs as printed
     assert main(["pretrain", "--run", str(run), *flags]) == 2
     err = capsys.readouterr().err

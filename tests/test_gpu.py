@@ -115,7 +115,7 @@ def test_bf16_training_learns_and_resumes_exactly(tmp_path: Path) -> None:
         def cfg(run: Path, steps: int) -> TrainConfig:
             return TrainConfig(run=str(run), depth=2, seq_len=128, batch_size=16, max_steps=40, warmup_steps=4,
                                lr=3e-3, eval_every=0, eval_tokens=8192, log_every=5, dtype="bf16", device="cuda",
-                               preflight_steps=0, sample_tokens=0, save_every=steps)
+                               preflight_steps=0, sample_max_tokens=0, save_every=steps)
 
         full = _byte_run(tmp_path / "full")
         out = train(cfg(full, 40))

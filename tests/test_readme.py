@@ -26,7 +26,7 @@ from data_fixtures import SHAKESPEARE, set_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-TINY_LM = "--seq-len 64 --batch-size 4 --preflight-steps 0 --eval-tokens 512 --sample-tokens 4 --dtype fp32"
+TINY_LM = "--seq-len 64 --batch-size 4 --preflight-steps 0 --eval-tokens 512 --sample-max-tokens 4 --dtype fp32"
 
 # README command -> the command run (same command, tiny sizes). "{port}" is a free port.
 SHELL: dict[str, str] = {
@@ -66,7 +66,7 @@ SHELL: dict[str, str] = {
         'scalelab sample --run runs/lm --stage base --prompt "def fib(n):" --temperature 0.8 --top-p 0.9 --seed 1',
     "scalelab sft --run runs/lm --time-budget 2 --data my_chats.jsonl:2":
         "scalelab sft --run runs/lm --max-steps 3 --data my_chats.jsonl:2 --conversations 200 --val-conversations 20 "
-        "--tasks arithmetic:1 conversation:1 --batch-size 4 --preflight-steps 0 --sample-tokens 4 --dtype fp32",
+        "--tasks arithmetic:1 conversation:1 --batch-size 4 --preflight-steps 0 --sample-max-tokens 4 --dtype fp32",
     "scalelab eval --run runs/lm --stage chat":
         "scalelab eval --run runs/lm --stage chat --limit 2 --max-tokens 8",
     "scalelab report --run runs/lm": "scalelab report --run runs/lm",

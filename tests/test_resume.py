@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli_args(run: Path, **kw) -> list[str]:
     args = dict(run=run, depth=1, seq_len=64, batch_size=8, max_steps=24, warmup_steps=4, eval_every=8,
-                eval_tokens=4096, log_every=1, dtype="fp32", device="cpu", preflight_steps=0, sample_tokens=0,
+                eval_tokens=4096, log_every=1, dtype="fp32", device="cpu", preflight_steps=0, sample_max_tokens=0,
                 save_every=2)
     args.update(kw)
     return [a for k, v in args.items() for a in (f"--{k.replace('_', '-')}", str(v))]

@@ -152,7 +152,7 @@ def test_sft_batch_geometry_is_pretrainings_and_a_start_writes_config_once(tmp_p
     run = scripted_run(tmp_path / "run", stage="base")
     args = ["sft", "--run", str(run), "--tasks", "arithmetic:1", "--conversations", "40", "--batch-size", "2",
             "--seq-len", "32", "--device", "cpu", "--dtype", "fp32", "--max-steps", "1", "--preflight-steps", "0",
-            "--eval-every", "0", "--sample-tokens", "0"]
+            "--eval-every", "0", "--sample-max-tokens", "0"]
     assert main([*args, "--total-batch-tokens", "100"]) == 2
     assert ("--total-batch-tokens 100 must be a multiple of batch-size * seq-len * processes = 2 * 32 * 1 = 64"
             in capsys.readouterr().err)

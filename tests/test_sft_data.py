@@ -15,7 +15,7 @@ from scalelab.runs import RunDir
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 MODEL = ["--depth", "1", "--n-embd", "64", "--n-head", "2", "--seq-len", "64", "--batch-size", "8",
-         "--sample-tokens", "0", "--preflight-steps", "0", "--device", "cpu", "--dtype", "fp32",
+         "--sample-max-tokens", "0", "--preflight-steps", "0", "--device", "cpu", "--dtype", "fp32",
          "--eval-every", "0", "--log-every", "2"]
 
 

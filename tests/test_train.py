@@ -42,7 +42,7 @@ def make_byte_run(run: Path, max_bytes: int = 300_000) -> Path:
 def tiny(run: Path, **kw) -> TrainConfig:
     base = dict(run=str(run), depth=1, seq_len=64, batch_size=8, max_steps=30, warmup_steps=5, lr=3e-3,
                 eval_every=0, eval_tokens=4096, log_every=1, dtype="fp32", device="cpu", preflight_steps=0,
-                sample_tokens=0)
+                sample_max_tokens=0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -58,7 +58,7 @@ def byte_run(tmp_path_factory) -> Path:
 
 def test_loss_decreases_on_real_text(tmp_path: Path) -> None:
     run = make_byte_run(tmp_path / "r")
-    out = train(tiny(run, max_steps=40, eval_every=20, sample_tokens=8, sample_prompts=["", "KING"]))
+    out = train(tiny(run, max_steps=40, eval_every=20, sample_max_tokens=8, sample_prompts=["", "KING"]))
     rows = read_jsonl(run / "metrics.jsonl")
     train_rows = [r for r in rows if "loss" in r]
     assert {"stage", "step", "loss", "lr", "tokens_per_s", "mfu"} <= set(train_rows[0])
@@ -79,7 +79,7 @@ def test_loss_decreases_on_real_text(tmp_path: Path) -> None:
 def test_samples_under_bf16_autocast(tmp_path: Path) -> None:
     """The evaluation samples are drawn inside the trainer's autocast region (bf16 here) and must still work."""
     run = make_byte_run(tmp_path / "r")
-    train(tiny(run, max_steps=4, eval_every=4, dtype="bf16", sample_tokens=6, sample_prompts=["KING"]))
+    train(tiny(run, max_steps=4, eval_every=4, dtype="bf16", sample_max_tokens=6, sample_prompts=["KING"]))
     samples = [r for r in read_jsonl(run / "metrics.jsonl") if "val_loss" in r][-1]["samples"]
     assert len(samples) == 1 and "error" not in samples[0], samples
 

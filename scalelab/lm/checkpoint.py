@@ -270,10 +270,14 @@ def newest_complete(run: RunDir, stage: str) -> tuple[Path | None, dict[str, Any
     return None, {}
 
 
+# a renamed TrainConfig field: its old name in a checkpoint saved before the rename -> its name now
+RENAMED_FIELDS = {"sample_tokens": "sample_max_tokens"}
+
+
 def merge_saved_config(cfg: C, meta: dict[str, Any], given: set[str] | frozenset[str], where: Path) -> C:
     """Every field the user did not give comes from the checkpoint's saved config, so rerunning the same command
     resumes the same run; what to do now (preflight only, resume required) always comes from the command."""
-    saved = meta.get("train_config") or {}
+    saved = {RENAMED_FIELDS.get(k, k): v for k, v in (meta.get("train_config") or {}).items()}
     fields = type(cfg).__dataclass_fields__
     known = {k: v for k, v in saved.items() if k in fields}
     merged = {**known, **{k: v for k, v in to_dict(cfg).items() if k in given or k not in known}}

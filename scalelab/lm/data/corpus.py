@@ -6,6 +6,7 @@ A source spec is ``PATH[#FIELD][:WEIGHT]``:
     site-packages[/PKG]            the .py files the running Python has installed (or one package's), tests left out
     notes/ or 'books/*.txt'        text files (.txt .md .py ...), a folder (recursive) or a glob
     gutenberg_books                a named public set (scalelab/data_sources.py: `scalelab data list`)
+    'gutenberg_books/*.txt'        a file, sub-folder or glob inside a named set
     data.jsonl#text:2              JSONL (or .jsonl.gz, .json list, .parquet) with a text field, weight 2
     my_dataset_dir#content         a Hugging Face dataset saved with ``save_to_disk`` (its "train" split if a dict)
     hf:roneneldan/TinyStories      a dataset on the Hugging Face hub (split "train", streamed; needs the network)
@@ -96,6 +97,16 @@ def _has_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
+def in_named_set(path: str) -> str:
+    """``SET`` or ``SET/REL`` (a file, sub-folder or glob inside a named public set) as a path into the folder where
+    the data layer finds the set; any other path, or one that exists here (a local folder wins), unchanged."""
+    name, _, rel = path.partition("/")
+    if name not in data_sources.SETS or not data_sources.SETS[name].files or glob.glob(path, recursive=True):
+        return path
+    folder = data_sources.require(name).path  # a UsageError saying where it looked and how to pull the set
+    return str(folder / rel) if rel else str(folder)
+
+
 def parse_source(spec: str) -> Source:
     """Parse and check a source spec; UsageError for a bad weight or a path that does not exist."""
     spec = spec.strip()
@@ -122,16 +133,13 @@ def parse_source(spec: str) -> Source:
         kind = "hf_hub"
         if not path[3:]:
             raise UsageError(f"corpus source '{spec}': give a dataset name after 'hf:'")
-    elif _has_glob(path):
-        if not glob.glob(path, recursive=True):
-            raise UsageError(f"{path}: no file matches this pattern")
-        kind = "files"
     else:
+        path = in_named_set(path)
         p = Path(path)
-        if not p.exists() and data_sources.SETS.get(path, data_sources.NamedSet("", "", "")).files:
-            p = data_sources.require(path).path  # a named public set, wherever the data layer finds it
-            path = str(p)
-        if not p.exists():
+        if _has_glob(path):
+            if not glob.glob(path, recursive=True):
+                raise UsageError(f"{path}: no file matches this pattern")
+        elif not p.exists():
             raise UsageError(f"{path}: no such file or folder")
         is_hf = p.is_dir() and any((p / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
         kind = "hf_disk" if is_hf else "files"

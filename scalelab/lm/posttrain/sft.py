@@ -212,7 +212,7 @@ class SFTConfig(TrainConfig):
     max_steps: int = _like("max_steps", 300)
     eval_every: int = _like("eval_every", 50)
     sample_prompts: list[str] = _like("sample_prompts", default_factory=lambda: list(CHAT_SAMPLES))
-    sample_tokens: int = _like("sample_tokens", 32)
+    sample_max_tokens: int = _like("sample_max_tokens", 32)
     # ---- data
     mixture_config: str = field(default="", metadata={
         "help": "MixtureConfig YAML (e.g. configs/tiny_mixture.yaml); '' = the default mixture"})

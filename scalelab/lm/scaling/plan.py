@@ -56,7 +56,7 @@ def measure_tokens_per_s(cfg: PlanConfig, sweep_cfg: dict[str, Any], spec: str) 
                      n_kv_head=heads, seq_len=int(sweep_cfg["seq_len"]), batch_size=int(sweep_cfg["batch_size"]),
                      device=cfg.device, dtype=cfg.dtype or sweep_cfg.get("dtype", "auto"),
                      compile=bool(sweep_cfg.get("compile", False)), preflight_only=True,
-                     preflight_steps=max(1, cfg.preflight_steps), sample_tokens=0)
+                     preflight_steps=max(1, cfg.preflight_steps), sample_max_tokens=0)
     s = train(tc)["preflight"]
     return float(s["tokens_per_s"])
 

@@ -287,7 +287,7 @@ def train_config(cfg: ScalingConfig, p: dict[str, Any], **over: Any):
                 n_kv_head=heads, depth=p["n_layer"], seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.lr,
                 schedule="cosine", warmup_steps=max(1, round(cfg.warmup_frac * p["steps"])),
                 min_lr_ratio=cfg.min_lr_ratio, max_steps=p["steps"], eval_every=0, eval_tokens=cfg.eval_tokens,
-                log_every=max(1, min(50, p["steps"] // 20)), sample_tokens=0, save_every=cfg.save_every,
+                log_every=max(1, min(50, p["steps"] // 20)), sample_max_tokens=0, save_every=cfg.save_every,
                 keep_last=1, device=cfg.device, dtype=cfg.dtype, compile=cfg.compile, seed=cfg.seed,
                 preflight_steps=0)
     base.update(over)

@@ -68,7 +68,8 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"ge": 1, "help": "write a metrics line every N steps"})
     sample_prompts: list[str] = field(default_factory=lambda: ["", "def "], metadata={
         "help": "prompts sampled at each evaluation (after <|bos|>)"})
-    sample_tokens: int = field(default=48, metadata={"ge": 0, "help": "tokens per sampled completion (0 = no samples)"})
+    sample_max_tokens: int = field(default=48, metadata={"ge": 0,
+        "help": "most new tokens per sampled completion, as --max-tokens elsewhere (0 = no samples)"})
     save_every: int = field(default=0, metadata={"ge": 0,
         "help": "checkpoint every N steps (0 = only at the end/on stop)"})
     keep_last: int = field(default=2, metadata={"ge": 0, "help": "keep this many newest checkpoints (0 = all)"})

@@ -321,13 +321,13 @@ class Trainer:
         out: dict[str, Any] = {"stage": self.cfg.stage, "step": step,
                                "val_loss": stats[0] / stats[1] if stats[1] else None,
                                "val_bpb": stats[2] / math.log(2) / stats[3] if stats[3] else None}
-        if self.cfg.sample_tokens > 0 and self.cfg.sample_prompts:
+        if self.cfg.sample_max_tokens > 0 and self.cfg.sample_prompts:
             sampler = sampling_model(self.model, self.info.is_main, self.fsdp, self.device)  # FSDP: every rank gathers
             if sampler is not None:
                 try:
                     with self._autocast():
                         out["samples"] = sample_completions(sampler, self.cfg.sample_prompts,
-                                                            self.run.tokenizer_json, self.cfg.sample_tokens,
+                                                            self.run.tokenizer_json, self.cfg.sample_max_tokens,
                                                             seed=self.cfg.seed + step)
                 except Exception as e:  # sampling is a courtesy; never kill a run over it
                     out["samples"] = [{"error": f"{type(e).__name__}: {e}"}]
