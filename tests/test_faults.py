@@ -32,57 +32,53 @@ def can_mount_tmpfs() -> str:
     return "" if probe.stdout.strip() == "ok" else f"cannot mount a tmpfs here ({probe.stderr.strip()[:120]})"
 
 
-def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(tmp_path: Path) -> None:
+def in_small_disk(tmp_path: Path, script: str, **env: str) -> tuple[str, str]:
+    """Run ``script`` in a private user + mount namespace, where it mounts its own small tmpfs on ``$MNT``; returns
+    (stdout, stdout + stderr). Skips where no tmpfs can be mounted, but CI must run the disk-full tests."""
     why = can_mount_tmpfs()
     if why:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the disk-full test: {why}")
         pytest.skip(why)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    out = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "SCALELAB_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT), "MNT": str(mnt),
+                              "PY": sys.executable, **env}, cwd=ROOT)
+    return out.stdout, out.stdout + out.stderr
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(tmp_path: Path) -> None:
     run = make_byte_run(tmp_path / "run", max_bytes=60_000)
     train(tiny(run, max_steps=4, save_every=2, keep_last=0))
     step_bytes = du(run / "base" / "step_0000004")
     # a file system with room for the run as it is plus half a checkpoint: the next save cannot fit
     size_kib = (du(run) + step_bytes // 2) // 1024 + 64
-    env = {**os.environ, "SCALELAB_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
     script = (f'mount -t tmpfs -o size={size_kib}k tmpfs "$MNT" && cp -a "$RUN" "$MNT/run" && '
               f'"$PY" -m scalelab pretrain --run "$MNT/run" --max-steps 8 --save-every 2; echo "rc=$?"; '
               'ls -a "$MNT/run/base"; cat "$MNT/run/base/latest"')
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    out = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**env, "MNT": str(mnt), "RUN": str(run), "PY": sys.executable}, cwd=ROOT)
-    text = out.stdout + out.stderr
+    stdout, text = in_small_disk(tmp_path, script, RUN=str(run))
     assert "rc=2" in text, text
     assert "Traceback" not in text
     error = [line for line in text.splitlines() if "error:" in line]
     assert len(error) == 1 and "no space left on the device to write checkpoint step_0000006" in error[0], text
     assert "MiB needed" in error[0] and "MiB free" in error[0]
     assert ".partial" not in text  # the half-written folder was removed
-    assert out.stdout.rstrip().endswith("step_0000004")  # and the previous checkpoint is still the resume point
+    assert stdout.rstrip().endswith("step_0000004")  # and the previous checkpoint is still the resume point
 
 
 def test_disk_full_during_the_tokenizer_write_is_one_line_and_leaves_no_partial_files(tmp_path: Path) -> None:
-    why = can_mount_tmpfs()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the disk-full test: {why}")
-        pytest.skip(why)
     from data_fixtures import SHAKESPEARE
 
-    env = {**os.environ, "SCALELAB_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
     # room for the tokenizer's lock file but not for the token shards of a 120 kB corpus
     script = ('mount -t tmpfs -o size=64k tmpfs "$MNT" && "$PY" -m scalelab tokenizer --run "$MNT/run" '
               '--corpus "$CORPUS" --vocab-size 300; echo "rc=$?"; ls -A "$MNT/run"')
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    out = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**env, "MNT": str(mnt), "CORPUS": str(SHAKESPEARE), "PY": sys.executable}, cwd=ROOT)
-    text = out.stdout + out.stderr
+    stdout, text = in_small_disk(tmp_path, script, CORPUS=str(SHAKESPEARE))
     assert "rc=2" in text and "Traceback" not in text, text
     error = [line for line in text.splitlines() if "error:" in line]
     assert len(error) == 1 and "no space left on the device to write the tokenizer and token shards" in error[0]
     assert "MiB free" in error[0]
-    assert out.stdout.split("rc=2", 1)[1].split() == [".lock"]  # the staging folder was removed, nothing installed
+    assert stdout.split("rc=2", 1)[1].split() == [".lock"]  # the staging folder was removed, nothing installed
 
 
 def test_a_broken_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, capsys) -> None:

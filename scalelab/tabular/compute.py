@@ -19,11 +19,11 @@ import pandas as pd
 from scalelab.common import UsageError, atomic_write_text, progress, write_json
 from scalelab.config import to_dict
 from scalelab.tabular.baselines import LINEAR, check_models, make_model
-from scalelab.tabular.curves import load_from_config, score, split, subsample
+from scalelab.tabular.curves import DataFields, load_from_config, score, split, subsample
 
 
 @dataclass
-class ComputeConfig:
+class ComputeConfig(DataFields):
     """Compute curves: MLP test score against training FLOPs, over widths and epochs, at one data size."""
 
     dataset: str | None = field(default=None, metadata={"help": "data set by name (see scalelab curves)"})
@@ -42,14 +42,6 @@ class ComputeConfig:
     baselines: list[str] = field(default_factory=lambda: ["svm", "logreg"],
                                  metadata={"help": "classical models for the reference line (empty = none)"})
     seed: int = field(default=0, metadata={"ge": 0, "help": "random seed"})
-    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1,
-        "help": "held-out fraction when the data has no test split"})
-    max_test: int = field(default=5000, metadata={"ge": 0, "help": "cap on test rows (0 = no cap)"})
-    n_samples: int = field(default=20000, metadata={"ge": 2, "help": "rows of a synthetic data set"})
-    noise: float = field(default=0.1, metadata={"ge": 0, "lt": 1,
-        "help": "teacher: fraction of labels replaced by another class"})
-    sigma: float = field(default=0.5, metadata={"ge": 0, "help": "synthetic_regression: noise standard deviation"})
-    n_features: int = field(default=0, metadata={"ge": 0, "help": "synthetic input dimension (0 = the task's default)"})
     device: str = field(default="cpu", metadata={"help": "MLP device: cpu, cuda, auto"})
     out: str = field(default="runs/compute", metadata={"help": "output folder"})
 

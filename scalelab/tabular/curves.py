@@ -32,7 +32,21 @@ from scalelab.tabular.mlp import CLASSIFIER_LOSSES, LR_SCHEDULES
 
 
 @dataclass
-class CurvesConfig:
+class DataFields:
+    """The test split and the synthetic tasks' shape: shared by the curves and compute-curves configs."""
+
+    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1,
+        "help": "held-out fraction when the data has no test split"})
+    max_test: int = field(default=5000, metadata={"ge": 0, "help": "cap on test rows (0 = no cap)"})
+    n_samples: int = field(default=20000, metadata={"ge": 2, "help": "rows of a synthetic data set"})
+    noise: float = field(default=0.1, metadata={"ge": 0, "lt": 1,
+        "help": "teacher: fraction of labels replaced by another class"})
+    sigma: float = field(default=0.5, metadata={"ge": 0, "help": "synthetic_regression: noise standard deviation"})
+    n_features: int = field(default=0, metadata={"ge": 0, "help": "synthetic input dimension (0 = the task's default)"})
+
+
+@dataclass
+class CurvesConfig(DataFields):
     """Learning curves: test score against training-set size for the MLP and classical baselines."""
 
     dataset: str | None = field(default=None, metadata={"help": "data set by name (sklearn, ../shared/data or "
@@ -53,14 +67,6 @@ class CurvesConfig:
     min_size: int = field(default=25, metadata={"ge": 2, "help": "smallest training-set size when --sizes is empty"})
     max_train: int = field(default=0, metadata={"ge": 0, "help": "cap on the training pool in rows (0 = no cap)"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"ge": 0, "help": "one fit per seed and size"})
-    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1,
-        "help": "held-out fraction when the data has no test split"})
-    max_test: int = field(default=5000, metadata={"ge": 0, "help": "cap on test rows (0 = no cap)"})
-    n_samples: int = field(default=20000, metadata={"ge": 2, "help": "rows of a synthetic data set"})
-    noise: float = field(default=0.1, metadata={"ge": 0, "lt": 1,
-        "help": "teacher: fraction of labels replaced by another class"})
-    sigma: float = field(default=0.5, metadata={"ge": 0, "help": "synthetic_regression: noise standard deviation"})
-    n_features: int = field(default=0, metadata={"ge": 0, "help": "synthetic input dimension (0 = the task's default)"})
     mlp_hidden: list[int] = field(default_factory=lambda: [128, 128], metadata={"ge": 1,
         "help": "MLP hidden layer widths"})
     mlp_epochs: int = field(default=0, metadata={"ge": 0, "help": "MLP max epochs (0 = by data size: 100 to 300)"})
