@@ -177,7 +177,7 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         ([*run, "--corpus", str(tmp / "latin1.txt"), *VOCAB], "latin1.txt:2: not UTF-8"),
         ([*run, "--corpus", str(tmp / "bad.jsonl"), *VOCAB], "bad.jsonl:2: not valid JSON"),
         ([*run, "--corpus", str(tmp / "field.jsonl"), *VOCAB], "field.jsonl:2: no field 'text'"),
-        ([*run, "--corpus", str(tmp / "ok.txt"), "--vocab-size", "100"], "too small"),
+        ([*run, "--corpus", str(tmp / "ok.txt"), "--vocab-size", "100"], "--vocab-size = 100 is out of range"),
         ([*run, "--corpus", str(tmp / "nope.txt"), *VOCAB], "nope.txt: no such file"),
         ([*run, "--corpus", str(tmp / "ok.txt"), "--tokenizer", str(tmp / "nowhere")], "no tokenizer found"),
         (["--corpus", str(tmp / "ok.txt"), *VOCAB], "--run is required"),
