@@ -10,6 +10,7 @@ import pytest
 from data_fixtures import needs_sets
 
 from scalelab.__main__ import main
+from scalelab.common import UsageError
 from scalelab.tabular.curves import CurvesConfig, run_curves
 from scalelab.tabular.datasets import SHARED, load_dataset, make_teacher
 
@@ -87,6 +88,26 @@ def test_curves_cli_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     assert main(argv) == 0 and (out / "points.jsonl").read_text() == before
 
 
+def test_plain_teacher_is_a_task_where_linear_models_do_well(tmp_path: Path) -> None:
+    """--teacher-kind plain drops the even symmetry: the floor is still exactly 1 - noise, and logistic regression is
+    far above the majority rate (on the default, even teacher it sits near it)."""
+    clean = make_teacher(6000, n_features=6, noise=0.0, seed=1, kind="plain")
+    noisy = make_teacher(6000, n_features=6, noise=0.1, seed=1, kind="plain")
+    assert noisy.floor == pytest.approx(0.9) and noisy.info["kind"] == "plain"
+    assert abs(float(np.mean(clean.y != noisy.y)) - 0.1) < 0.015
+    assert not np.array_equal(clean.y, make_teacher(6000, n_features=6, noise=0.0, seed=1).y)  # default: even
+    out = tmp_path / "c"
+    assert main(["curves", "--dataset", "teacher", "--teacher-kind", "plain", "--n-features", "6", "--n-samples",
+                 "3000", "--sizes", "2000", "--seeds", "0", "--models", "logreg", "--n-boot", "0",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "curves.json").read_text())
+    majority = float(np.bincount(noisy.y).max() / len(noisy.y))
+    assert result["models"]["logreg"]["mean"][0] > majority + 0.25
+    assert result["config"]["teacher_kind"] == "plain"
+    with pytest.raises(UsageError, match="kind must be one of"):
+        make_teacher(100, kind="odd")
+
+
 def test_mlp_flags_reach_the_estimator() -> None:
     """--mlp-activation/-schedule/-early-stopping/-loss set the plain MLP (the noisy-label recipe is reachable from
     the command line); auto early stopping keeps the size rule."""
@@ -100,8 +121,12 @@ def test_mlp_flags_reach_the_estimator() -> None:
     assert (kw["activation"], kw["lr_schedule"], kw["early_stopping"], kw["loss"]) == ("tanh", "cosine", False, "gce")
     assert kw["hidden_layer_sizes"] == (256,)
     auto = model_overrides("mlp", 19200, mlp_flags(CurvesConfig()))
-    assert auto["early_stopping"] is True and auto["activation"] == "relu" and auto["lr_schedule"] == "constant"
-    assert model_overrides("mlp", 500, mlp_flags(CurvesConfig()))["early_stopping"] is False
+    assert auto["early_stopping"] is False and auto["activation"] == "relu"
+    assert (auto["lr_schedule"], auto["loss"]) == ("cosine", "gce")
+    regressor = model_overrides("mlp", 19200, mlp_flags(CurvesConfig()), task="regression")
+    assert regressor["early_stopping"] is True and "loss" not in regressor and "lr_schedule" not in regressor
+    small = model_overrides("mlp", 500, mlp_flags(CurvesConfig()))
+    assert small["early_stopping"] is False and "loss" not in small and "lr_schedule" not in small
 
 
 def test_compute_curves_cli(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from scalelab.common import UsageError, atomic_write_text, progress, read_json, 
 from scalelab.config import to_dict
 from scalelab.tabular.baselines import DEFAULT_MODELS, FAMILY, MODELS, check_models, model_overrides, parse_weights
 from scalelab.tabular.curves import error, fit_cell, split
-from scalelab.tabular.datasets import Dataset, load_csv, load_dataset
+from scalelab.tabular.datasets import TEACHER_KINDS, Dataset, load_csv, load_dataset
 from scalelab.tabular.fits import bootstrap_fits, crossover_interval, fit_power_law
 
 REAL_DEFAULT = ["magic_gamma_telescope", "uci_adult", "covertype_75k", "uci_letter_recognition", "uci_pendigits"]
@@ -56,6 +56,9 @@ class BenchConfig:
     n_samples: int = field(default=25000, metadata={"ge": 2, "help": "rows of each synthetic data set"})
     noise: float = field(default=0.1, metadata={"ge": 0, "lt": 1,
         "help": "teacher: label noise (Bayes accuracy is 1 - noise)"})
+    teacher_kind: str = field(default=TEACHER_KINDS[0], metadata={
+        "help": "teacher: even (h(x) + h(-x): linear models at the majority rate) or plain (h(x) alone)",
+        "choices": list(TEACHER_KINDS)})
     n_features: int = field(default=6, metadata={"ge": 1, "help": "teacher input dimension"})
     sigma: float = field(default=0.5, metadata={"ge": 0,
         "help": "synthetic_regression: noise std (irreducible MSE sigma^2)"})
@@ -100,8 +103,8 @@ def load_entry(spec: str, cfg: BenchConfig, weights: dict[str, str]) -> Entry:
         ds = load_csv(what, target)
     else:
         kw: dict[str, Any] = {"n_samples": cfg.n_samples, "noise": cfg.noise, "sigma": cfg.sigma,
-                              "seed": cfg.synthetic_seed, "n_features": 4 if what == "synthetic_regression"
-                              else cfg.n_features}
+                              "seed": cfg.synthetic_seed, "teacher_kind": cfg.teacher_kind,
+                              "n_features": 4 if what == "synthetic_regression" else cfg.n_features}
         ds = load_dataset(what, **kw)
     Xp, yp, Xt, yt = split(ds, cfg.test_fraction, cfg.max_test)
     cap = rows or cfg.max_train or max(cfg.sizes)  # no cap: every size in --sizes is asked of this set
@@ -128,6 +131,8 @@ def cell_key(entry: Entry, model: str, overrides: dict[str, Any], cfg: BenchConf
             "split": [cfg.test_fraction, cfg.max_test], "n_test": len(entry.split[3])}
     if entry.ds.source == "synthetic":
         what["synthetic"] = [cfg.n_samples, cfg.noise, cfg.n_features, cfg.sigma, cfg.synthetic_seed]
+        if cfg.teacher_kind != TEACHER_KINDS[0]:  # so cells fitted before the option keep their keys
+            what["synthetic"].append(cfg.teacher_kind)
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -154,7 +159,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     fitted = skipped = 0
     bar = progress(jobs, desc="tabular-bench", unit="cell")
     for e, m, n, s in bar:
-        kw = model_overrides(m, n, None, weights, cfg.device)
+        kw = model_overrides(m, n, None, weights, cfg.device, e.ds.task)
         if m in ("mlp", "mlp_ple"):
             kw["num_threads"] = cfg.threads  # torch's own pool, which threadpoolctl does not govern
         key = cell_key(e, m, {k: v for k, v in kw.items() if k != "device"}, cfg)

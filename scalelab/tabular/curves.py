@@ -25,7 +25,7 @@ from sklearn.metrics import accuracy_score, mean_squared_error
 from scalelab.common import UsageError, append_jsonl, atomic_write_text, progress, read_jsonl, write_json
 from scalelab.config import to_dict
 from scalelab.tabular.baselines import check_models, make_model, model_overrides, parse_weights
-from scalelab.tabular.datasets import Dataset, load_csv, load_dataset
+from scalelab.tabular.datasets import TEACHER_KINDS, Dataset, load_csv, load_dataset
 from scalelab.tabular.fastnet import ACTIVATIONS
 from scalelab.tabular.fits import PowerLawFit, bootstrap_fits, crossover_vs_all, fit_power_law
 from scalelab.tabular.mlp import CLASSIFIER_LOSSES, LR_SCHEDULES
@@ -41,6 +41,9 @@ class DataFields:
     n_samples: int = field(default=20000, metadata={"ge": 2, "help": "rows of a synthetic data set"})
     noise: float = field(default=0.1, metadata={"ge": 0, "lt": 1,
         "help": "teacher: fraction of labels replaced by another class"})
+    teacher_kind: str = field(default=TEACHER_KINDS[0], metadata={
+        "help": "teacher: even (h(x) + h(-x): linear models at the majority rate) or plain (h(x) alone)",
+        "choices": list(TEACHER_KINDS)})
     sigma: float = field(default=0.5, metadata={"ge": 0, "help": "synthetic_regression: noise standard deviation"})
     n_features: int = field(default=0, metadata={"ge": 0, "help": "synthetic input dimension (0 = the task's default)"})
 
@@ -71,17 +74,17 @@ class CurvesConfig(DataFields):
         "help": "MLP hidden layer widths"})
     mlp_epochs: int = field(default=0, metadata={"ge": 0, "help": "MLP max epochs (0 = by data size: 100 to 300)"})
     mlp_lr: float = field(default=2e-3, metadata={"gt": 0, "le": 10, "help": "MLP Adam learning rate"})
-    mlp_loss: str = field(default="log_loss", metadata={
-        "help": "MLP classifier loss: log_loss (cross-entropy) or gce (generalised cross-entropy, for noisy labels)",
-        "choices": list(CLASSIFIER_LOSSES)})
+    mlp_loss: str = field(default="auto", metadata={
+        "help": "MLP classifier loss: auto (gce from 1,000 rows, else log_loss), log_loss (cross-entropy) or gce "
+                "(generalised cross-entropy, robust to noisy labels)", "choices": ["auto", *CLASSIFIER_LOSSES]})
     mlp_activation: str = field(default="relu", metadata={
         "help": "MLP hidden activation", "choices": list(ACTIVATIONS)})
-    mlp_schedule: str = field(default="constant", metadata={
-        "help": "MLP learning-rate schedule: constant, or cosine to zero over the epochs",
-        "choices": list(LR_SCHEDULES)})
+    mlp_schedule: str = field(default="auto", metadata={
+        "help": "MLP learning-rate schedule: auto (cosine for a classifier from 1,000 rows, else constant), "
+                "constant, or cosine to zero over the epochs", "choices": ["auto", *LR_SCHEDULES]})
     mlp_early_stopping: str = field(default="auto", metadata={
-        "help": "MLP early stopping on a held-out tenth: auto (from 1,000 rows), on, off (train every epoch)",
-        "choices": ["auto", "on", "off"]})
+        "help": "MLP early stopping on a held-out tenth: auto (a regressor from 1,000 rows; a classifier never), "
+                "on, off (train every epoch)", "choices": ["auto", "on", "off"]})
     n_boot: int = field(default=200, metadata={"ge": 0,
         "help": "bootstrap resamples of the seeds for the crossover interval (0 = no interval)"})
     device: str = field(default="cpu", metadata={"help": "MLP device: cpu, cuda, auto"})
@@ -96,7 +99,8 @@ def load_from_config(cfg: Any) -> Dataset:
         if not cfg.target:
             raise UsageError(f"{cfg.data}: --target COLUMN is required with --data")
         return load_csv(cfg.data, cfg.target, task=cfg.task)
-    kw: dict[str, Any] = {"n_samples": cfg.n_samples, "noise": cfg.noise, "sigma": cfg.sigma}
+    kw: dict[str, Any] = {"n_samples": cfg.n_samples, "noise": cfg.noise, "sigma": cfg.sigma,
+                          "teacher_kind": cfg.teacher_kind}
     if cfg.n_features:
         kw["n_features"] = cfg.n_features
     elif cfg.dataset == "synthetic_regression":
@@ -152,10 +156,12 @@ def subsample(y_pool: np.ndarray, n: int, seed: int, task: str) -> np.ndarray:
 def mlp_flags(cfg: CurvesConfig) -> dict[str, Any]:
     """The plain MLP's settings from the --mlp-* flags."""
     kw: dict[str, Any] = {"hidden_layer_sizes": tuple(cfg.mlp_hidden), "learning_rate": cfg.mlp_lr,
-                          "activation": cfg.mlp_activation, "lr_schedule": cfg.mlp_schedule}
+                          "activation": cfg.mlp_activation}
     if cfg.mlp_epochs:
         kw["max_epochs"] = cfg.mlp_epochs
-    if cfg.mlp_loss != "log_loss":  # only for classification (a regression task is refused before this)
+    if cfg.mlp_schedule != "auto":  # auto: the task's rule in default_mlp_params
+        kw["lr_schedule"] = cfg.mlp_schedule
+    if cfg.mlp_loss != "auto":  # only for classification (a regression task is refused before this)
         kw["loss"] = cfg.mlp_loss
     if cfg.mlp_early_stopping != "auto":  # auto: the size rule of default_mlp_params
         kw["early_stopping"] = cfg.mlp_early_stopping == "on"
@@ -202,7 +208,7 @@ def run_curves(cfg: CurvesConfig) -> dict[str, Any]:
     models = check_models(cfg.models, ds.task, weights)
     Xp, yp, Xt, yt = split(ds, cfg.test_fraction, cfg.max_test, cfg.max_train)
     where = ds.source or ds.name
-    if cfg.mlp_loss != "log_loss" and ds.task != "classification":
+    if cfg.mlp_loss != "auto" and ds.task != "classification":
         raise UsageError(f"{where}: --mlp-loss {cfg.mlp_loss} is for classification (a regression MLP uses "
                          "squared error)")
     sizes = sorted(set(cfg.sizes)) if cfg.sizes else log_sizes(len(yp), cfg.n_sizes, cfg.min_size)
@@ -224,7 +230,7 @@ def run_curves(cfg: CurvesConfig) -> dict[str, Any]:
         if (m, n, s) in done:
             continue
         bar.set_postfix_str(f"{m} n={n} seed={s}")
-        kw = model_overrides(m, n, mlp_flags(cfg), weights, cfg.device)
+        kw = model_overrides(m, n, mlp_flags(cfg), weights, cfg.device, ds.task)
         point = {"config": key, "model": m, "size": n, "seed": s, **fit_cell(ds, m, Xp, yp, Xt, yt, n, s, kw)}
         append_jsonl(points_path, point)
         done[(m, n, s)] = point
