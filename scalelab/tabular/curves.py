@@ -75,12 +75,12 @@ class CurvesConfig(DataFields):
     mlp_epochs: int = field(default=0, metadata={"ge": 0, "help": "MLP max epochs (0 = by data size: 100 to 300)"})
     mlp_lr: float = field(default=2e-3, metadata={"gt": 0, "le": 10, "help": "MLP Adam learning rate"})
     mlp_loss: str = field(default="auto", metadata={
-        "help": "MLP classifier loss: auto (gce from 1,000 rows, else log_loss), log_loss (cross-entropy) or gce "
+        "help": "MLP classifier loss: auto (gce), log_loss (cross-entropy) or gce "
                 "(generalised cross-entropy, robust to noisy labels)", "choices": ["auto", *CLASSIFIER_LOSSES]})
     mlp_activation: str = field(default="relu", metadata={
         "help": "MLP hidden activation", "choices": list(ACTIVATIONS)})
     mlp_schedule: str = field(default="auto", metadata={
-        "help": "MLP learning-rate schedule: auto (cosine for a classifier from 1,000 rows, else constant), "
+        "help": "MLP learning-rate schedule: auto (cosine for a classifier, else constant), "
                 "constant, or cosine to zero over the epochs", "choices": ["auto", *LR_SCHEDULES]})
     mlp_early_stopping: str = field(default="auto", metadata={
         "help": "MLP early stopping on a held-out tenth: auto (a regressor from 1,000 rows; a classifier never), "
