@@ -122,6 +122,30 @@ def test_exact_entropy_matches_enumeration() -> None:
     assert np.allclose(chain.pi @ chain.P, chain.pi)
 
 
+def test_order_two_entropy_matches_enumeration_and_sampling() -> None:
+    """A chain whose next word depends on the last two: every 4-word document of a 3-word chain summed directly
+    gives the formulas' H and E[bytes]; the pair distribution is stationary; sampled text has the exact rate."""
+    spec = SyntheticSpec(words=3, successors=2, doc_words=4, order=2, seed=3)
+    chain = make_chain(spec)
+    pi2 = chain.pi.reshape(3, 3)
+    assert np.allclose(np.einsum("ab,abw->bw", pi2, chain.P.reshape(3, 3, 3)), pi2)
+    H = B = 0.0
+    for seq in itertools.product(range(3), repeat=4):
+        p = pi2[seq[0], seq[1]] * math.prod(chain.P[3 * a + b, w] for a, b, w in zip(seq, seq[1:], seq[2:]))
+        if p > 0:
+            H -= p * math.log2(p)
+            B += p * len(" ".join(chain.words[i] for i in seq).encode())
+    ex = exact_entropy(chain, 4)
+    assert ex["expected_document_bits"] == pytest.approx(H, rel=1e-9)
+    assert ex["expected_document_bytes"] == pytest.approx(B, rel=1e-9)
+    big = SyntheticSpec(words=32, successors=4, doc_words=300, order=2, seed=2)
+    chain = make_chain(big)
+    lo, hi = bits_per_byte_interval(chain, sample_documents(chain, 300, big.doc_words, seed=5))
+    assert lo <= exact_entropy(chain, big.doc_words)["bits_per_byte"] <= hi
+    with pytest.raises(UsageError, match="order"):
+        make_chain(SyntheticSpec(order=3))
+
+
 def test_sampled_text_has_the_exact_entropy() -> None:
     spec = SyntheticSpec(words=64, successors=4, doc_words=400, seed=2)
     chain = make_chain(spec)

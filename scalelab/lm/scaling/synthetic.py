@@ -1,11 +1,12 @@
 """A text source whose entropy is known exactly: a random Markov chain over made-up words, written as JSONL.
 
-The chain has ``words`` states, each a made-up lowercase word; from each word the next is one of ``successors``
-words (one of them its neighbour on a cycle through all words, so the chain is irreducible; word 0 may repeat
-itself, so it is aperiodic) with probabilities drawn from a Dirichlet(``concentration``). A document is
-``doc_words`` words joined by single spaces, its first word drawn from the stationary distribution pi. Then, in bits,
+The chain is over ``words`` made-up lowercase words; its state is the last ``order`` words. From each state the
+next word is one of ``successors`` words (one of them the last word's neighbour on a cycle through all words, which
+leads every state back to the cycle, so there is one recurrent class; word 0 may repeat itself, so it is aperiodic)
+with probabilities drawn from a Dirichlet(``concentration``). A document is ``doc_words`` words joined by single
+spaces, its first ``order`` words the state drawn from the stationary distribution pi. Then, in bits,
 
-    H(document) = H(pi) + (doc_words - 1) * h,        h = sum_i pi_i H(P[i, :])          (the entropy rate per word)
+    H(document) = H(pi) + (doc_words - order) * h,    h = sum_s pi_s H(P[s, :])          (the entropy rate per word)
     E[bytes]    = doc_words * mean_len + (doc_words - 1)                          (mean_len = sum_i pi_i len(word_i))
 
 and the bits per byte of a long stream of such documents is their ratio (renewal-reward). The text is a one-to-one
@@ -37,7 +38,7 @@ VOWELS = "aeiou"
 
 @dataclass
 class SyntheticSpec:
-    """The synthetic source: a random first-order Markov chain over made-up words (exact entropy rate)."""
+    """The synthetic source: a random Markov chain over made-up words (exact entropy rate)."""
 
     words: int = field(default=256, metadata={"help": "number of distinct made-up words (chain states)"})
     successors: int = field(default=8, metadata={"help": "possible next words after each word"})
@@ -49,13 +50,24 @@ class SyntheticSpec:
     documents: int = field(default=400, metadata={"help": "documents to generate"})
     doc_words: int = field(default=1000, metadata={"help": "words per document"})
     seed: int = field(default=0, metadata={"help": "seed of the chain and of the sampled text"})
+    order: int = field(default=1, metadata={
+        "help": "words of context the next word depends on: 2 gives words^2 contexts, a table a small model cannot "
+                "store, so capacity (N) limits the loss gradually instead of all at once"})
 
 
 @dataclass
 class Chain:
     words: list[str]
-    P: np.ndarray  # (K, K) row-stochastic transition matrix
-    pi: np.ndarray  # (K,) stationary distribution
+    P: np.ndarray  # (S, K) next-word probabilities per state; state s = the last `order` word ids in base K
+    pi: np.ndarray  # (S,) stationary distribution over states
+    order: int = 1
+
+    def next_state(self, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return (s % len(self.words) ** (self.order - 1)) * len(self.words) + w
+
+    def word_marginal(self) -> np.ndarray:
+        """Stationary probability of each word (the last word of the state)."""
+        return self.pi.reshape(-1, len(self.words)).sum(axis=0)
 
 
 def _validate(spec: SyntheticSpec) -> None:
@@ -64,6 +76,8 @@ def _validate(spec: SyntheticSpec) -> None:
                          f"{spec.successors})")
     if spec.concentration <= 0 or spec.documents < 1 or spec.doc_words < 2 or spec.zipf < 0:
         raise UsageError("synthetic source: concentration must be > 0, zipf >= 0, documents >= 1, doc_words >= 2")
+    if spec.order not in (1, 2) or spec.doc_words <= spec.order:
+        raise UsageError(f"synthetic source: order must be 1 or 2 and below doc_words (got {spec.order})")
 
 
 def make_words(k: int, rng: np.random.Generator) -> list[str]:
@@ -84,10 +98,11 @@ def make_chain(spec: SyntheticSpec) -> Chain:
     rng = np.random.default_rng([spec.seed, 0x5EED])
     k = spec.words
     words = make_words(k, rng)
-    P = np.zeros((k, k))
+    P = np.zeros((k**spec.order, k))
     rank_weight = (np.arange(k) + 1.0) ** -spec.zipf  # all ones without a skew
-    for i in range(k):
-        forced = {(i + 1) % k} | ({0} if i == 0 and spec.successors > 1 else set())
+    for i in range(k**spec.order):
+        last = i % k
+        forced = {(last + 1) % k} | ({0} if last == 0 and spec.successors > 1 else set())
         pool = np.array([j for j in range(k) if j not in forced])
         if spec.zipf:
             others = rng.choice(pool, size=spec.successors - len(forced), replace=False,
@@ -98,7 +113,21 @@ def make_chain(spec: SyntheticSpec) -> Chain:
         P[i, succ] = rng.dirichlet(np.full(len(succ), spec.concentration))
         P[i, succ] = np.maximum(P[i, succ], 1e-6)  # every listed successor stays reachable (irreducibility)
         P[i] /= P[i].sum()
-    return Chain(words, P, stationary(P))
+    pi = stationary(P) if spec.order == 1 else stationary_order2(P, k)
+    return Chain(words, P, pi, spec.order)
+
+
+def stationary_order2(P: np.ndarray, k: int, tol: float = 1e-15, max_iter: int = 200_000) -> np.ndarray:
+    """Stationary distribution over word pairs by power iteration (the pair chain has one aperiodic recurrent class,
+    so it converges; a dense solve of k^2 unknowns would be far slower): state (a, b) moves to (b, w) w.p. P[ab, w]."""
+    P3 = P.reshape(k, k, k)
+    pi = np.full((k, k), 1.0 / k**2)
+    for _ in range(max_iter):
+        new = np.einsum("ab,abw->bw", pi, P3)
+        if np.abs(new - pi).sum() < tol:
+            return new.reshape(-1) / new.sum()
+        pi = new
+    raise RuntimeError("synthetic source: the pair chain's stationary distribution did not converge")
 
 
 def stationary(P: np.ndarray) -> np.ndarray:
@@ -119,11 +148,11 @@ def entropy_bits(p: np.ndarray) -> float:
 
 def exact_entropy(chain: Chain, doc_words: int) -> dict[str, Any]:
     """Exact bits per word and per byte of the document stream (see the module docstring)."""
-    h = float(sum(chain.pi[i] * entropy_bits(chain.P[i]) for i in range(len(chain.words))))
+    h = float(sum(chain.pi[s] * entropy_bits(chain.P[s]) for s in np.flatnonzero(chain.pi)))
     lens = np.array([len(w.encode("utf-8")) for w in chain.words], dtype=float)
-    mean_len = float(chain.pi @ lens)
+    mean_len = float(chain.word_marginal() @ lens)
     h_start = entropy_bits(chain.pi)
-    doc_bits = h_start + (doc_words - 1) * h
+    doc_bits = h_start + (doc_words - chain.order) * h
     doc_bytes = doc_words * mean_len + (doc_words - 1)
     return {"bits_per_byte": doc_bits / doc_bytes, "entropy_rate_bits_per_word": h,
             "entropy_rate_bits_per_byte": h / (mean_len + 1), "start_entropy_bits": h_start,
@@ -133,22 +162,33 @@ def exact_entropy(chain: Chain, doc_words: int) -> dict[str, Any]:
 def sample_documents(chain: Chain, documents: int, doc_words: int, seed: int) -> np.ndarray:
     """(documents, doc_words) word ids; all documents advance together, so the loop is over positions only."""
     rng = np.random.default_rng([seed, 0xD0C5])
+    k = len(chain.words)
     cum = np.cumsum(chain.P, axis=1)
     cum[:, -1] = 1.0
     ids = np.empty((documents, doc_words), dtype=np.int64)
-    ids[:, 0] = rng.choice(len(chain.words), size=documents, p=chain.pi)
-    for t in range(1, doc_words):
+    state = rng.choice(len(chain.pi), size=documents, p=chain.pi)
+    for j in range(chain.order):  # the starting state's words, oldest first
+        ids[:, j] = state // k ** (chain.order - 1 - j) % k
+    for t in range(chain.order, doc_words):
         u = rng.random(documents)
-        rows = cum[ids[:, t - 1]]
-        ids[:, t] = np.minimum((rows < u[:, None]).sum(axis=1), len(chain.words) - 1)
+        ids[:, t] = np.minimum((cum[state] < u[:, None]).sum(axis=1), k - 1)
+        state = chain.next_state(state, ids[:, t])
     return ids
 
 
+def doc_code_lengths(chain: Chain, ids: np.ndarray) -> np.ndarray:
+    """The true model's code length, in bits, of each document in ``ids`` (documents, doc_words)."""
+    k, o = len(chain.words), chain.order
+    state = sum(ids[:, j] * k ** (o - 1 - j) for j in range(o))  # after the first `order` words
+    bits = -np.log2(chain.pi[state])
+    for t in range(o, ids.shape[1]):
+        bits -= np.log2(chain.P[state, ids[:, t]])
+        state = chain.next_state(state, ids[:, t])
+    return bits
+
+
 def code_length_bits(chain: Chain, ids: np.ndarray) -> float:
-    """The true model's code length, in bits, of the documents ``ids`` (documents, doc_words)."""
-    first = -np.log2(chain.pi[ids[:, 0]]).sum()
-    rest = -np.log2(chain.P[ids[:, :-1], ids[:, 1:]]).sum()
-    return float(first + rest)
+    return float(doc_code_lengths(chain, ids).sum())
 
 
 def write_corpus(spec: SyntheticSpec, path: str | Path) -> dict[str, Any]:
@@ -170,13 +210,6 @@ def write_corpus(spec: SyntheticSpec, path: str | Path) -> dict[str, Any]:
 def truth_path(corpus: str | Path) -> Path:
     corpus = Path(corpus)
     return corpus.with_name(corpus.name.removesuffix(".jsonl") + ".truth.json")
-
-
-def doc_code_lengths(chain: Chain, ids: np.ndarray) -> np.ndarray:
-    """Per-document code lengths in bits (for checks that the sampled text matches the exact expectation)."""
-    first = -np.log2(chain.pi[ids[:, 0]])
-    rest = -np.log2(chain.P[ids[:, :-1], ids[:, 1:]]).sum(axis=1)
-    return first + rest
 
 
 def bits_per_byte_interval(chain: Chain, ids: np.ndarray, z: float = 4.0) -> tuple[float, float]:
