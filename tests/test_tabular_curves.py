@@ -110,7 +110,8 @@ def test_plain_teacher_is_a_task_where_linear_models_do_well(tmp_path: Path) -> 
 
 def test_mlp_flags_reach_the_estimator() -> None:
     """--mlp-activation/-schedule/-early-stopping/-loss set the plain MLP (the noisy-label recipe is reachable from
-    the command line); auto keeps the rules: one classifier recipe at every size, early stopping for a regressor."""
+    the command line); auto keeps the rules: one classifier recipe at every size (refit), early stopping for a
+    regressor from 1,000 rows."""
     from scalelab.config import parse_config
     from scalelab.tabular.baselines import model_overrides
     from scalelab.tabular.curves import mlp_flags
@@ -121,16 +122,18 @@ def test_mlp_flags_reach_the_estimator() -> None:
     assert (kw["activation"], kw["lr_schedule"], kw["early_stopping"], kw["loss"]) == ("tanh", "cosine", False, "gce")
     assert kw["hidden_layer_sizes"] == (256,)
     auto = model_overrides("mlp", 19200, mlp_flags(CurvesConfig()))
-    assert auto["early_stopping"] is False and auto["activation"] == "relu"
+    assert auto["early_stopping"] == "refit" and auto["activation"] == "relu"
     assert (auto["lr_schedule"], auto["loss"]) == ("cosine", "gce")
     regressor = model_overrides("mlp", 19200, mlp_flags(CurvesConfig()), task="regression")
     assert regressor["early_stopping"] is True and "loss" not in regressor and "lr_schedule" not in regressor
     small = model_overrides("mlp", 500, mlp_flags(CurvesConfig()))
-    assert small["early_stopping"] is False and (small["lr_schedule"], small["loss"]) == ("cosine", "gce")
+    assert small["early_stopping"] == "refit" and (small["lr_schedule"], small["loss"]) == ("cosine", "gce")
     assert (small["max_epochs"], auto["max_epochs"]) == (300, 100)
     small_regressor = model_overrides("mlp", 500, mlp_flags(CurvesConfig()), task="regression")
     assert small_regressor["early_stopping"] is False and "loss" not in small_regressor
     assert "lr_schedule" not in small_regressor
+    refit = parse_config(CurvesConfig, ["--dataset", "teacher", "--mlp-early-stopping", "refit"])
+    assert model_overrides("mlp", 19200, mlp_flags(refit), task="regression")["early_stopping"] == "refit"
 
 
 def test_compute_curves_cli(tmp_path: Path) -> None:

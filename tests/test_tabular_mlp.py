@@ -140,6 +140,27 @@ def test_learns_and_is_reproducible() -> None:
     assert cross_val_score(MLPRegressor(max_epochs=50, random_state=0), X, X[:, 0] * X[:, 1], cv=3).mean() > 0.5
 
 
+def test_refit_picks_fewer_epochs_where_the_model_overfits() -> None:
+    """early_stopping="refit" chooses the epoch count on a held-out tenth, then refits on every row for that many:
+    on a small set with a quarter of the labels flipped a long run memorises the noise, the refit does not."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(800, 20))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    noisy = np.where(rng.random(800) < 0.25, 1 - y, y)
+    kw = dict(hidden_layer_sizes=(64, 64), max_epochs=150, learning_rate=3e-3, lr_schedule="cosine", tol=0.0,
+              n_iter_no_change=150, random_state=0)
+    refit = MLPClassifier(early_stopping="refit", **kw).fit(X[:300], noisy[:300])
+    plain = MLPClassifier(**kw).fit(X[:300], noisy[:300])
+    assert refit.n_iter_ == np.argmax(refit.validation_scores_) + 1 < 50  # the best held-out epoch, well short of 150
+    assert len(refit.loss_curve_) == refit.n_iter_ and len(refit.validation_scores_) == 150
+    assert refit.t_ == 150 * 270 + refit.n_iter_ * 300  # the selection run on nine tenths, then the refit on all
+    assert refit.score(X[300:], y[300:]) > plain.score(X[300:], y[300:]) + 0.05
+    regressor = MLPRegressor(early_stopping="refit", max_epochs=5, random_state=0).fit(X[:100], X[:100, 0])
+    assert 1 <= regressor.n_iter_ <= 5 and len(regressor.validation_scores_) == 5
+    with pytest.raises(ValueError, match="early_stopping must be"):
+        MLPClassifier(early_stopping="yes", max_epochs=1).fit(X[:50], y[:50])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_roughly() -> None:

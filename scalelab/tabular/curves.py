@@ -83,8 +83,9 @@ class CurvesConfig(DataFields):
         "help": "MLP learning-rate schedule: auto (cosine for a classifier, else constant), "
                 "constant, or cosine to zero over the epochs", "choices": ["auto", *LR_SCHEDULES]})
     mlp_early_stopping: str = field(default="auto", metadata={
-        "help": "MLP early stopping on a held-out tenth: auto (a regressor from 1,000 rows; a classifier never), "
-                "on, off (train every epoch)", "choices": ["auto", "on", "off"]})
+        "help": "MLP early stopping on a held-out tenth: auto (a regressor: on from 1,000 rows; a classifier: "
+                "refit), on, off (train every epoch), refit (choose the epochs on the tenth, then train on all rows)",
+        "choices": ["auto", "on", "off", "refit"]})
     n_boot: int = field(default=200, metadata={"ge": 0,
         "help": "bootstrap resamples of the seeds for the crossover interval (0 = no interval)"})
     device: str = field(default="cpu", metadata={"help": "MLP device: cpu, cuda, auto"})
@@ -164,7 +165,7 @@ def mlp_flags(cfg: CurvesConfig) -> dict[str, Any]:
     if cfg.mlp_loss != "auto":  # only for classification (a regression task is refused before this)
         kw["loss"] = cfg.mlp_loss
     if cfg.mlp_early_stopping != "auto":  # auto: the size rule of default_mlp_params
-        kw["early_stopping"] = cfg.mlp_early_stopping == "on"
+        kw["early_stopping"] = {"on": True, "off": False, "refit": "refit"}[cfg.mlp_early_stopping]
     return kw
 
 

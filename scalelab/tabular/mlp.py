@@ -46,6 +46,10 @@ GCE_Q = 0.3  # between cross-entropy (q -> 0) and the bounded mean absolute erro
 # which learns too slowly on many classes (every row's gradient is scaled by p_y^q, small while p_y ~ 1/k)
 
 
+REFIT_Z = 2.0  # early_stopping="refit" stops early when the last epoch's held-out loss is this many standard errors
+# above the best epoch's
+
+
 class _BaseMLP(BaseEstimator):
     """Shared fit loop; subclasses define the target encoding, the loss and the outputs.
 
@@ -64,7 +68,12 @@ class _BaseMLP(BaseEstimator):
         weight_decay: L2 coupled into the gradient for adam/sgd, decoupled for adamw (0 = none).
         max_epochs: passes over the training rows (scikit-learn's max_iter); batch_size: rows per step.
         early_stopping: hold out ``validation_fraction`` (stratified for classifiers), stop when the validation
-            score has not improved by ``tol`` for ``n_iter_no_change`` epochs and keep the best weights. Without it,
+            score has not improved by ``tol`` for ``n_iter_no_change`` epochs and keep the best weights. "refit" uses
+            the split only to choose the number of epochs, then trains afresh on every row, on the same schedule,
+            for that many, so no row is lost to it (at up to twice the fit time): it runs all ``max_epochs`` on the
+            nine tenths and stops early only where the held-out loss shows overfitting beyond its noise (the last
+            epoch worse than the best by ``REFIT_Z`` paired standard errors); a tenth's accuracy is too noisy to
+            pick an epoch, and stopping on every dip in it throws away the epochs that help. Without early stopping,
             stop when the training loss has not improved by ``tol`` for ``n_iter_no_change`` epochs.
         random_state: None, an int or a RandomState; resolved in ``fit`` (weights, shuffling, validation split).
         matmul_dtype: auto runs wide hidden-to-hidden layers (128 x 128 and up, batch 128 and up) in bfloat16 on a
@@ -77,7 +86,7 @@ class _BaseMLP(BaseEstimator):
                  optimizer: str = "adam", learning_rate: float = 1e-3, lr_schedule: str = "constant",
                  momentum: float = 0.9, loss: str | None = None,
                  weight_decay: float = 0.0, max_epochs: int = 200, batch_size: int = 64,
-                 early_stopping: bool = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
+                 early_stopping: bool | str = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
                  tol: float = 1e-4, random_state: Any = None, matmul_dtype: str = "auto", device: str = "cpu",
                  num_threads: int | None = None, verbose: bool = False) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -115,6 +124,10 @@ class _BaseMLP(BaseEstimator):
         """The loss summed over rows, as a 0-d tensor."""
         raise NotImplementedError
 
+    def _loss_rows(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of each row, (B,)."""
+        raise NotImplementedError
+
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         raise NotImplementedError
 
@@ -138,6 +151,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be positive, got {self.hidden_layer_sizes!r}")
         if int(self.max_epochs) < 1 or int(self.batch_size) < 1:
             raise ValueError("max_epochs and batch_size must be >= 1")
+        if self.early_stopping not in (False, True, "refit"):
+            raise ValueError(f"early_stopping must be False, True or 'refit', got {self.early_stopping!r}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         self._hidden = tuple(int(h) for h in hidden)
@@ -164,20 +179,49 @@ class _BaseMLP(BaseEstimator):
         device = torch.device(resolve_device(self.device))
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(0, 2**31 - 1))
-        gen = torch.Generator().manual_seed(seed)
-
         T, n_out = self._encode_targets(y)
         X = np.asarray(X, dtype=np.float32)
-        X_val = T_val = None
+        refit = self.early_stopping == "refit"
+        t0 = time.perf_counter()
+
+        # 1. with early stopping: train on nine tenths and score the held-out tenth every epoch
+        self.validation_scores_: list[float] | None = None
+        self.best_validation_score_: float | None = None
+        seen = 0
         if self.early_stopping:
             stratify = T.argmax(1) if self._is_classifier else None
             try:
-                X, X_val, T, T_val = train_test_split(X, T, test_size=self.validation_fraction,
-                                                      random_state=seed, stratify=stratify)
+                X_fit, X_val, T_fit, T_val = train_test_split(X, T, test_size=self.validation_fraction,
+                                                              random_state=seed, stratify=stratify)
             except ValueError:  # a class too small to stratify: fall back to a plain random split
-                X, X_val, T, T_val = train_test_split(X, T, test_size=self.validation_fraction, random_state=seed)
+                X_fit, X_val, T_fit, T_val = train_test_split(X, T, test_size=self.validation_fraction,
+                                                              random_state=seed)
+            net, epochs, chosen = self._train(X_fit, T_fit, seed, device, validation=(X_val, T_val), select=refit)
+            seen = epochs * len(X_fit)
+        # 2. refit on every row, on the same schedule, stopped at the chosen epoch; or a plain fit
+        if refit or not self.early_stopping:
+            net, epochs, _ = self._train(X, T, seed, device, stop_at=chosen if refit else None)
+            seen += epochs * len(X)
 
-        shapes = layer_shapes(X.shape[1], self._hidden, n_out)
+        self.model_ = net.to_sequential().eval()
+        self._predict_model = copy.deepcopy(self.model_).double().cpu()  # see _forward_numpy
+        self.n_iter_ = epochs
+        self.t_ = seen  # examples seen, as in scikit-learn (both runs with refit)
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.n_layers_ = len(self._hidden) + 2
+        self.n_outputs_ = n_out
+        return self
+
+    def _train(self, X: np.ndarray, T: np.ndarray, seed: int, device: torch.device,
+               validation: tuple[np.ndarray, np.ndarray] | None = None, select: bool = False,
+               stop_at: int | None = None) -> tuple[FlatMLP, int, int]:
+        """One training run -> (net, epochs run, epoch chosen); the learning-rate schedule always spans
+        ``max_epochs``, and ``stop_at`` ends the run sooner. With ``validation``, early stopping keeps the best
+        epoch's weights; ``select`` (for refit) instead runs every epoch, scores the held-out loss and chooses the
+        best epoch only if the last one is worse by more than ``REFIT_Z`` standard errors, else the last. Sets
+        ``loss_curve_``, ``bf16_layers_`` and, with validation, ``validation_scores_``."""
+        gen = torch.Generator().manual_seed(seed)
+        shapes = layer_shapes(X.shape[1], self._hidden, T.shape[1])
         bs = min(int(self.batch_size), X.shape[0])
         bf16 = bf16_layers_for(shapes, bs, device) if self.matmul_dtype == "auto" else []
         net = FlatMLP(shapes, self.activation, gen, torch.float32, device, bf16_layers=bf16)
@@ -186,18 +230,16 @@ class _BaseMLP(BaseEstimator):
                              self.momentum)
         Xt = torch.from_numpy(np.ascontiguousarray(X)).to(device)
         Tt = torch.from_numpy(np.ascontiguousarray(T)).to(device)
-        if X_val is not None:
-            Xv = torch.from_numpy(np.ascontiguousarray(X_val)).to(device)
-            Tv = torch.from_numpy(np.ascontiguousarray(T_val)).to(device)
+        if validation is not None:
+            Xv, Tv = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in validation)
+            self.validation_scores_ = []
         n = Xt.shape[0]
 
         self.loss_curve_: list[float] = []
-        self.validation_scores_: list[float] | None = [] if X_val is not None else None
-        best, best_state, stall = -np.inf, None, 0
-        t0 = time.perf_counter()
-        epoch = 0
+        best, best_state, best_rows, best_epoch, stall = -np.inf, None, None, 0, 0
         max_epochs = int(self.max_epochs)
-        for epoch in range(1, max_epochs + 1):
+        epoch = 0
+        for epoch in range(1, (stop_at or max_epochs) + 1):
             if self.lr_schedule == "cosine":
                 opt.set_lr(0.5 * self.learning_rate * (1 + math.cos(math.pi * (epoch - 1) / max_epochs)))
             perm = torch.randperm(n, generator=gen).to(device)
@@ -214,34 +256,38 @@ class _BaseMLP(BaseEstimator):
             self.loss_curve_.append(epoch_loss)
             if not math.isfinite(epoch_loss):
                 raise ValueError(f"training diverged at epoch {epoch} (loss {epoch_loss}); lower learning_rate")
-            # score to maximise: validation metric with early stopping, else minus the training loss
-            if X_val is not None:
+            # score to maximise: the validation metric (minus the held-out loss to select), else minus the
+            # training loss
+            if validation is not None:
                 with torch.no_grad():
-                    score = self._val_score(net.forward(Xv), Tv)
+                    out = net.forward(Xv)
+                    rows = self._loss_rows(out, Tv) if select else None
+                    score = -float(rows.mean()) if select else self._val_score(out, Tv)
                 self.validation_scores_.append(score)
             else:
                 score = -epoch_loss
             if score > best + self.tol:
-                best, stall = score, 0
-                if X_val is not None:
+                best, best_epoch, stall = score, epoch, 0
+                if validation is not None and not select:
                     best_state = net.flat.clone()
+                best_rows = rows if validation is not None else None
             else:
                 stall += 1
             if self.verbose:
-                print(f"epoch {epoch}: loss {epoch_loss:.5f}" + (f" val {score:.4f}" if X_val is not None else ""))
-            if stall >= self.n_iter_no_change:
+                print(f"epoch {epoch}: loss {epoch_loss:.5f}" + (f" val {score:.4f}" if validation else ""))
+            if stall >= self.n_iter_no_change and not select:  # select sees every epoch up to the last
                 break
+        if validation is not None:
+            self.best_validation_score_ = float(best)
         if best_state is not None:  # early stopping keeps the best weights seen on the validation split
             net.flat.copy_(best_state)
-        self.model_ = net.to_sequential().eval()
-        self._predict_model = copy.deepcopy(self.model_).double().cpu()  # see _forward_numpy
-        self.best_validation_score_ = float(best) if X_val is not None else None
-        self.n_iter_ = epoch
-        self.t_ = epoch * n  # examples seen, as in scikit-learn
-        self.fit_seconds_ = time.perf_counter() - t0
-        self.n_layers_ = len(self._hidden) + 2
-        self.n_outputs_ = n_out
-        return self
+        if select:
+            # stop early only where the held-out rows show overfitting beyond their own noise: a tenth of a few
+            # thousand rows cannot tell apart epochs whose losses differ by less (paired, row by row)
+            d = rows - best_rows  # (m,) each held-out row's loss at the last epoch minus at the best
+            worse = float(d.mean()) > REFIT_Z * float(d.std()) / math.sqrt(len(d))
+            return net, epoch, best_epoch if worse else epoch
+        return net, epoch, best_epoch
 
     def _forward_numpy(self, X: np.ndarray) -> np.ndarray:
         # Predict in float64 on a copy: a row's prediction then does not depend on which other rows share its
@@ -265,8 +311,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Softmax MLP trained with cross-entropy. Parameters as in ``_BaseMLP.__init__``; see the module docstring.
 
     Attributes after ``fit``: ``classes_``, ``n_features_in_``, ``loss_curve_`` (training loss per epoch),
-    ``validation_scores_`` (accuracy per epoch, with early stopping), ``n_iter_`` (epochs run), ``t_`` (examples
-    seen), ``model_`` (the ``torch.nn.Sequential``), ``fit_seconds_``.
+    ``validation_scores_`` (per epoch with early stopping: the held-out accuracy, or with "refit" minus the held-out
+    loss), ``n_iter_`` (epochs run; with "refit", those of the refit on every row), ``t_`` (examples seen),
+    ``model_`` (the ``torch.nn.Sequential``), ``fit_seconds_``.
     """
 
     _is_classifier = True
@@ -297,6 +344,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if self.loss == "gce":
             return (1.0 - (logp * target).sum(1).mul_(GCE_Q).exp_()).sum() / GCE_Q
         return -torch.vdot(logp.view(-1), target.reshape(-1))
+
+    def _loss_rows(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp_y = (torch.log_softmax(out, 1) * target).sum(1)  # (B,)
+        return (1.0 - logp_y.mul(GCE_Q).exp()) / GCE_Q if self.loss == "gce" else -logp_y
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         return float((out.argmax(1) == target.argmax(1)).float().mean())
@@ -343,6 +394,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         diff = (out - target).view(-1)  # (B * n_out,)
         return torch.vdot(diff, diff) / out.shape[1]
+
+    def _loss_rows(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (out - target).pow(2).mean(1)
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         ss_res = float(((out - target) ** 2).sum())
