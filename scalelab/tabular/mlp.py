@@ -48,6 +48,8 @@ GCE_Q = 0.3  # between cross-entropy (q -> 0) and the bounded mean absolute erro
 
 REFIT_Z = 2.0  # early_stopping="refit" stops early when the last epoch's held-out loss is this many standard errors
 # above the best epoch's
+REFIT_MIN_ROWS = 30  # ... and only on a held-out split this large: on a handful of rows (5 of 50) the standard error
+# means nothing, and a many-class set's held-out loss rises while its accuracy still improves
 
 
 class _BaseMLP(BaseEstimator):
@@ -285,7 +287,7 @@ class _BaseMLP(BaseEstimator):
             # stop early only where the held-out rows show overfitting beyond their own noise: a tenth of a few
             # thousand rows cannot tell apart epochs whose losses differ by less (paired, row by row)
             d = rows - best_rows  # (m,) each held-out row's loss at the last epoch minus at the best
-            worse = float(d.mean()) > REFIT_Z * float(d.std()) / math.sqrt(len(d))
+            worse = len(d) >= REFIT_MIN_ROWS and float(d.mean()) > REFIT_Z * float(d.std()) / math.sqrt(len(d))
             return net, epoch, best_epoch if worse else epoch
         return net, epoch, best_epoch
 
