@@ -106,38 +106,35 @@ def test_crossover_interpolates_in_log_d() -> None:
 # ----------------------------------------------------------------------------------------------- synthetic source
 
 
-def test_exact_entropy_matches_enumeration() -> None:
-    """Every document of a 4-word chain, 3 words long: H and E[bytes] summed directly equal the formulas."""
-    spec = SyntheticSpec(words=4, successors=3, doc_words=3, seed=5)
-    chain = make_chain(spec)
+def _assert_enumeration_matches(chain, doc_words: int, prob) -> None:
+    """Sum H and E[bytes] over every document of ``doc_words`` words (``prob(seq)`` its probability) and compare
+    them with ``exact_entropy``'s closed forms."""
     H = B = 0.0
-    for seq in itertools.product(range(4), repeat=3):
-        p = chain.pi[seq[0]] * chain.P[seq[0], seq[1]] * chain.P[seq[1], seq[2]]
+    for seq in itertools.product(range(len(chain.words)), repeat=doc_words):
+        p = prob(seq)
         if p > 0:
             H -= p * math.log2(p)
             B += p * len(" ".join(chain.words[i] for i in seq).encode())
-    ex = exact_entropy(chain, 3)
+    ex = exact_entropy(chain, doc_words)
     assert ex["expected_document_bits"] == pytest.approx(H, rel=1e-9)
     assert ex["expected_document_bytes"] == pytest.approx(B, rel=1e-9)
+
+
+def test_exact_entropy_matches_enumeration() -> None:
+    """Every document of a 4-word chain, 3 words long: H and E[bytes] summed directly equal the formulas."""
+    chain = make_chain(SyntheticSpec(words=4, successors=3, doc_words=3, seed=5))
+    _assert_enumeration_matches(chain, 3, lambda s: chain.pi[s[0]] * chain.P[s[0], s[1]] * chain.P[s[1], s[2]])
     assert np.allclose(chain.pi @ chain.P, chain.pi)
 
 
 def test_order_two_entropy_matches_enumeration_and_sampling() -> None:
     """A chain whose next word depends on the last two: every 4-word document of a 3-word chain summed directly
     gives the formulas' H and E[bytes]; the pair distribution is stationary; sampled text has the exact rate."""
-    spec = SyntheticSpec(words=3, successors=2, doc_words=4, order=2, seed=3)
-    chain = make_chain(spec)
+    chain = make_chain(SyntheticSpec(words=3, successors=2, doc_words=4, order=2, seed=3))
     pi2 = chain.pi.reshape(3, 3)
     assert np.allclose(np.einsum("ab,abw->bw", pi2, chain.P.reshape(3, 3, 3)), pi2)
-    H = B = 0.0
-    for seq in itertools.product(range(3), repeat=4):
-        p = pi2[seq[0], seq[1]] * math.prod(chain.P[3 * a + b, w] for a, b, w in zip(seq, seq[1:], seq[2:]))
-        if p > 0:
-            H -= p * math.log2(p)
-            B += p * len(" ".join(chain.words[i] for i in seq).encode())
-    ex = exact_entropy(chain, 4)
-    assert ex["expected_document_bits"] == pytest.approx(H, rel=1e-9)
-    assert ex["expected_document_bytes"] == pytest.approx(B, rel=1e-9)
+    _assert_enumeration_matches(chain, 4, lambda s: pi2[s[0], s[1]] * math.prod(
+        chain.P[3 * a + b, w] for a, b, w in zip(s, s[1:], s[2:])))
     big = SyntheticSpec(words=32, successors=4, doc_words=300, order=2, seed=2)
     chain = make_chain(big)
     lo, hi = bits_per_byte_interval(chain, sample_documents(chain, 300, big.doc_words, seed=5))
