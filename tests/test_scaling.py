@@ -114,7 +114,7 @@ def _assert_enumeration_matches(chain, doc_words: int, prob) -> None:
         p = prob(seq)
         if p > 0:
             H -= p * math.log2(p)
-            B += p * len(" ".join(chain.words[i] for i in seq).encode())
+            B += p * len("".join(" " + chain.words[i] for i in seq).encode())  # a space before every word
     ex = exact_entropy(chain, doc_words)
     assert ex["expected_document_bits"] == pytest.approx(H, rel=1e-9)
     assert ex["expected_document_bytes"] == pytest.approx(B, rel=1e-9)

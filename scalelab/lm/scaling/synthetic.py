@@ -3,11 +3,12 @@
 The chain is over ``words`` made-up lowercase words; its state is the last ``order`` words. From each state the
 next word is one of ``successors`` words (one of them the last word's neighbour on a cycle through all words, which
 leads every state back to the cycle, so there is one recurrent class; word 0 may repeat itself, so it is aperiodic)
-with probabilities drawn from a Dirichlet(``concentration``). A document is ``doc_words`` words joined by single
-spaces, its first ``order`` words the state drawn from the stationary distribution pi. Then, in bits,
+with probabilities drawn from a Dirichlet(``concentration``). A document is ``doc_words`` words, each preceded by
+one space (the first too, so a word is the same byte string, and the same tokens, wherever it stands), its first
+``order`` words the state drawn from the stationary distribution pi. Then, in bits,
 
     H(document) = H(pi) + (doc_words - order) * h,    h = sum_s pi_s H(P[s, :])          (the entropy rate per word)
-    E[bytes]    = doc_words * mean_len + (doc_words - 1)                          (mean_len = sum_i pi_i len(word_i))
+    E[bytes]    = doc_words * (mean_len + 1)                                      (mean_len = sum_i pi_i len(word_i))
 
 and the bits per byte of a long stream of such documents is their ratio (renewal-reward). The text is a one-to-one
 function of the word sequence (words hold no spaces, the count is fixed), so no byte-level model can do better, and a
@@ -153,7 +154,7 @@ def exact_entropy(chain: Chain, doc_words: int) -> dict[str, Any]:
     mean_len = float(chain.word_marginal() @ lens)
     h_start = entropy_bits(chain.pi)
     doc_bits = h_start + (doc_words - chain.order) * h
-    doc_bytes = doc_words * mean_len + (doc_words - 1)
+    doc_bytes = doc_words * (mean_len + 1)
     return {"bits_per_byte": doc_bits / doc_bytes, "entropy_rate_bits_per_word": h,
             "entropy_rate_bits_per_byte": h / (mean_len + 1), "start_entropy_bits": h_start,
             "mean_word_bytes": mean_len, "expected_document_bytes": doc_bytes, "expected_document_bits": doc_bits}
@@ -197,9 +198,10 @@ def write_corpus(spec: SyntheticSpec, path: str | Path) -> dict[str, Any]:
     chain = make_chain(spec)
     ids = sample_documents(chain, spec.documents, spec.doc_words, spec.seed)
     words = np.array(chain.words, dtype=object)
-    lines = [json.dumps({"text": " ".join(words[row])}) for row in ids]
+    texts = ["".join(" " + w for w in words[row]) for row in ids]  # see the module docstring: a space per word
+    lines = [json.dumps({"text": t}) for t in texts]
     atomic_write_text(path, "\n".join(lines) + "\n")
-    total_bytes = sum(len(" ".join(words[row]).encode("utf-8")) for row in ids)
+    total_bytes = sum(len(t.encode("utf-8")) for t in texts)
     truth = {"spec": asdict(spec), **exact_entropy(chain, spec.doc_words),
              "sample_bits_per_byte": code_length_bits(chain, ids) / total_bytes, "sample_bytes": total_bytes,
              "corpus": str(path)}
@@ -215,7 +217,7 @@ def truth_path(corpus: str | Path) -> Path:
 def bits_per_byte_interval(chain: Chain, ids: np.ndarray, z: float = 4.0) -> tuple[float, float]:
     """A z-sigma interval for the sample's bits per byte from per-document variation (documents are independent)."""
     bits = doc_code_lengths(chain, ids)
-    nbytes = np.array([sum(len(chain.words[i]) for i in row) + len(row) - 1 for row in ids], dtype=float)
+    nbytes = np.array([sum(len(chain.words[i]) + 1 for i in row) for row in ids], dtype=float)
     ratio = bits.sum() / nbytes.sum()
     resid = bits - ratio * nbytes  # delta method for a ratio of sums
     se = math.sqrt(resid.var(ddof=1) * len(ids)) / nbytes.sum() if len(ids) > 1 else float("inf")
