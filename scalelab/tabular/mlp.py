@@ -122,13 +122,13 @@ class _BaseMLP(BaseEstimator):
         """dLoss_mean/dout for a batch (a new tensor; ``out`` is left as it is)."""
         raise NotImplementedError
 
-    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss summed over rows, as a 0-d tensor."""
-        raise NotImplementedError
-
     def _loss_rows(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss of each row, (B,)."""
         raise NotImplementedError
+
+    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss summed over rows, as a 0-d tensor (once an epoch: one owner of the formula, ``_loss_rows``)."""
+        return self._loss_rows(out, target).sum()
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         raise NotImplementedError
@@ -341,12 +341,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return p.sub_(target).mul_(w).mul_(1.0 / out.shape[0])
         return p.sub_(target).mul_(1.0 / out.shape[0])  # softmax - onehot, for the mean loss
 
-    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(out, 1)
-        if self.loss == "gce":
-            return (1.0 - (logp * target).sum(1).mul_(GCE_Q).exp_()).sum() / GCE_Q
-        return -torch.vdot(logp.view(-1), target.reshape(-1))
-
     def _loss_rows(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp_y = (torch.log_softmax(out, 1) * target).sum(1)  # (B,)
         return (1.0 - logp_y.mul(GCE_Q).exp()) / GCE_Q if self.loss == "gce" else -logp_y
@@ -392,10 +386,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _loss_grad(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.sub(out, target).mul_(2.0 / out.numel())  # gradient of the mean squared error
-
-    def _loss_sum(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        diff = (out - target).view(-1)  # (B * n_out,)
-        return torch.vdot(diff, diff) / out.shape[1]
 
     def _loss_rows(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (out - target).pow(2).mean(1)

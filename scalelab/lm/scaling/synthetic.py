@@ -188,6 +188,12 @@ def doc_code_lengths(chain: Chain, ids: np.ndarray) -> np.ndarray:
     return bits
 
 
+def doc_bytes(chain: Chain, ids: np.ndarray) -> np.ndarray:
+    """Each document's length in bytes: every word and the space before it."""
+    lens = np.array([len(w.encode("utf-8")) + 1 for w in chain.words])
+    return lens[ids].sum(axis=1).astype(float)
+
+
 def code_length_bits(chain: Chain, ids: np.ndarray) -> float:
     return float(doc_code_lengths(chain, ids).sum())
 
@@ -201,7 +207,7 @@ def write_corpus(spec: SyntheticSpec, path: str | Path) -> dict[str, Any]:
     texts = ["".join(" " + w for w in words[row]) for row in ids]  # see the module docstring: a space per word
     lines = [json.dumps({"text": t}) for t in texts]
     atomic_write_text(path, "\n".join(lines) + "\n")
-    total_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    total_bytes = int(doc_bytes(chain, ids).sum())
     truth = {"spec": asdict(spec), **exact_entropy(chain, spec.doc_words),
              "sample_bits_per_byte": code_length_bits(chain, ids) / total_bytes, "sample_bytes": total_bytes,
              "corpus": str(path)}
@@ -217,7 +223,7 @@ def truth_path(corpus: str | Path) -> Path:
 def bits_per_byte_interval(chain: Chain, ids: np.ndarray, z: float = 4.0) -> tuple[float, float]:
     """A z-sigma interval for the sample's bits per byte from per-document variation (documents are independent)."""
     bits = doc_code_lengths(chain, ids)
-    nbytes = np.array([sum(len(chain.words[i]) + 1 for i in row) for row in ids], dtype=float)
+    nbytes = doc_bytes(chain, ids)
     ratio = bits.sum() / nbytes.sum()
     resid = bits - ratio * nbytes  # delta method for a ratio of sums
     se = math.sqrt(resid.var(ddof=1) * len(ids)) / nbytes.sum() if len(ids) > 1 else float("inf")
