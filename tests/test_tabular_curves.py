@@ -63,6 +63,11 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert rc == 2 and "larger than" in err and "ok.csv" in err and len(err.splitlines()) == 1
     rc, err = _cli(capsys, "curves", "--dataset", "nope", "--out", str(tmp_path / "o"))
     assert rc == 2 and "unknown dataset" in err
+    rc, err = _cli(capsys, "curves", "--dataset", "teacher", "--mlp-gce-q", "1.5", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "mlp_gce_q" in err.replace("-", "_") and len(err.splitlines()) == 1, err
+    rc, err = _cli(capsys, "curves", "--data", str(tmp_path / "ok.csv"), "--target", "y", "--mlp-loss", "log_loss",
+                   "--mlp-gce-q", "0.6", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "--mlp-gce-q" in err and "ok.csv" in err and len(err.splitlines()) == 1, err
 
 
 def test_curves_cli_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
@@ -120,7 +125,9 @@ def test_mlp_flags_reach_the_estimator() -> None:
                                       "--mlp-early-stopping", "off", "--mlp-loss", "gce", "--mlp-hidden", "256"])
     kw = model_overrides("mlp", 19200, mlp_flags(cfg))
     assert (kw["activation"], kw["lr_schedule"], kw["early_stopping"], kw["loss"]) == ("tanh", "cosine", False, "gce")
-    assert kw["hidden_layer_sizes"] == (256,)
+    assert kw["hidden_layer_sizes"] == (256,) and "gce_q" not in kw  # the estimator's own default
+    q = parse_config(CurvesConfig, ["--dataset", "teacher", "--mlp-gce-q", "0.6"])
+    assert model_overrides("mlp", 19200, mlp_flags(q))["gce_q"] == 0.6
     auto = model_overrides("mlp", 19200, mlp_flags(CurvesConfig()))
     assert auto["early_stopping"] == "refit" and auto["activation"] == "relu"
     assert (auto["lr_schedule"], auto["loss"]) == ("cosine", "gce")

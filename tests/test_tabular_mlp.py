@@ -10,7 +10,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from scalelab.tabular.fastnet import ACTIVATIONS, FlatMLP, FlatOptimizer, training_flops
-from scalelab.tabular.mlp import MLPClassifier, MLPRegressor
+from scalelab.tabular.mlp import GCE_Q, MLPClassifier, MLPRegressor
 
 
 def _finite_difference_grad(f, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -88,10 +88,12 @@ def test_bf16_layers_close_to_float32() -> None:
     torch.testing.assert_close(low.to_sequential()(x), low.forward(x), rtol=3e-2, atol=3e-2)
 
 
-@pytest.mark.parametrize("cls, loss", [(MLPClassifier, None), (MLPClassifier, "gce"), (MLPRegressor, None)])
-def test_loss_gradient_matches_finite_differences(cls, loss) -> None:
-    """The gradient of the mean loss w.r.t. the network output (cross-entropy, gce / MSE) vs central differences."""
-    est = cls(loss=loss)
+@pytest.mark.parametrize("cls, loss, q", [(MLPClassifier, None, None), (MLPClassifier, "gce", None),
+                                          (MLPClassifier, "gce", 0.8), (MLPRegressor, None, None)])
+def test_loss_gradient_matches_finite_differences(cls, loss, q) -> None:
+    """The gradient of the mean loss w.r.t. the network output (cross-entropy, gce at the default and another q /
+    MSE) vs central differences."""
+    est = cls(loss=loss) if q is None else cls(loss=loss, gce_q=q)
     y = np.array([0, 1, 2, 1, 0]) if cls is MLPClassifier else np.random.default_rng(0).normal(size=5)
     t, k = est._encode_targets(y)
     target = torch.from_numpy(t).double()
@@ -117,6 +119,19 @@ def test_gce_loss_value_and_bad_loss() -> None:
         MLPClassifier(loss="hinge", max_epochs=1).fit(X, (X[:, 0] > 0).astype(int))
     with pytest.raises(ValueError, match="loss must be"):
         MLPRegressor(loss="gce", max_epochs=1).fit(X, X[:, 0])
+    for q in (0.0, 1.5):
+        with pytest.raises(ValueError, match="gce_q must be in"):
+            MLPClassifier(loss="gce", gce_q=q, max_epochs=1).fit(X, (X[:, 0] > 0).astype(int))
+
+
+def test_gce_q_sets_the_loss() -> None:
+    """gce_q is the q of (1 - p_y^q) / q: q = 1 is the mean absolute error on the probability, 1 - p_y."""
+    est = MLPClassifier(loss="gce", gce_q=1.0)
+    t, _ = est._encode_targets(np.array([0, 1]))
+    out = torch.tensor([[2.0, -1.0], [0.3, 0.1]], dtype=torch.float64)
+    p_y = torch.softmax(out, 1)[torch.arange(2), torch.arange(2)]
+    torch.testing.assert_close(est._loss_sum(out, torch.from_numpy(t).double()), (1 - p_y).sum())
+    assert MLPClassifier().get_params()["gce_q"] == GCE_Q
 
 
 def test_training_flops_counted_from_shapes() -> None:

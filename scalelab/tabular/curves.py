@@ -28,7 +28,7 @@ from scalelab.tabular.baselines import check_models, make_model, model_overrides
 from scalelab.tabular.datasets import TEACHER_KINDS, Dataset, load_csv, load_dataset
 from scalelab.tabular.fastnet import ACTIVATIONS
 from scalelab.tabular.fits import PowerLawFit, bootstrap_fits, crossover_vs_all, fit_power_law
-from scalelab.tabular.mlp import CLASSIFIER_LOSSES, LR_SCHEDULES
+from scalelab.tabular.mlp import CLASSIFIER_LOSSES, GCE_Q, LR_SCHEDULES
 
 
 @dataclass
@@ -77,6 +77,8 @@ class CurvesConfig(DataFields):
     mlp_loss: str = field(default="auto", metadata={
         "help": "MLP classifier loss: auto (gce), log_loss (cross-entropy) or gce "
                 "(generalised cross-entropy, robust to noisy labels)", "choices": ["auto", *CLASSIFIER_LOSSES]})
+    mlp_gce_q: float = field(default=GCE_Q, metadata={"gt": 0, "le": 1,
+        "help": "q of the gce loss: larger resists label noise more, smaller learns many classes faster"})
     mlp_activation: str = field(default="relu", metadata={
         "help": "MLP hidden activation", "choices": list(ACTIVATIONS)})
     mlp_schedule: str = field(default="auto", metadata={
@@ -164,6 +166,8 @@ def mlp_flags(cfg: CurvesConfig) -> dict[str, Any]:
         kw["lr_schedule"] = cfg.mlp_schedule
     if cfg.mlp_loss != "auto":  # only for classification (a regression task is refused before this)
         kw["loss"] = cfg.mlp_loss
+    if cfg.mlp_gce_q != GCE_Q:
+        kw["gce_q"] = cfg.mlp_gce_q
     if cfg.mlp_early_stopping != "auto":  # auto: the size rule of default_mlp_params
         kw["early_stopping"] = {"on": True, "off": False, "refit": "refit"}[cfg.mlp_early_stopping]
     return kw
@@ -212,6 +216,9 @@ def run_curves(cfg: CurvesConfig) -> dict[str, Any]:
     if cfg.mlp_loss != "auto" and ds.task != "classification":
         raise UsageError(f"{where}: --mlp-loss {cfg.mlp_loss} is for classification (a regression MLP uses "
                          "squared error)")
+    if cfg.mlp_gce_q != GCE_Q and (ds.task != "classification" or cfg.mlp_loss == "log_loss"):
+        raise UsageError(f"{where}: --mlp-gce-q is the q of the gce loss; it needs a classification task and "
+                         f"--mlp-loss gce or auto (got {ds.task}, --mlp-loss {cfg.mlp_loss})")
     sizes = sorted(set(cfg.sizes)) if cfg.sizes else log_sizes(len(yp), cfg.n_sizes, cfg.min_size)
     if sizes[0] < 2:
         raise UsageError(f"{where}: sizes must be >= 2, got {sizes[0]}")

@@ -42,8 +42,9 @@ from scalelab.tabular.fastnet import (
 LR_SCHEDULES = ("constant", "cosine")
 MATMUL_DTYPES = ("auto", "float32")
 CLASSIFIER_LOSSES = ("log_loss", "gce")
-GCE_Q = 0.3  # between cross-entropy (q -> 0) and the bounded mean absolute error (q = 1); Zhang & Sabuncu use 0.7,
-# which learns too slowly on many classes (every row's gradient is scaled by p_y^q, small while p_y ~ 1/k)
+GCE_Q = 0.3  # the default gce_q: between cross-entropy (q -> 0) and the bounded mean absolute error (q = 1);
+# Zhang & Sabuncu use 0.7, which learns too slowly on many classes (every row's gradient is scaled by p_y^q, small
+# while p_y ~ 1/k)
 
 
 REFIT_Z = 2.0  # early_stopping="refit" stops early when the last epoch's held-out loss is this many standard errors
@@ -62,11 +63,13 @@ class _BaseMLP(BaseEstimator):
         lr_schedule: constant, or cosine (decays to zero over ``max_epochs``, set per epoch: a fixed step size
             keeps bouncing around the minimum, which costs accuracy on noisy labels).
         loss: the classifier's training loss (the regressor always uses squared error): log_loss (cross-entropy),
-            or gce, generalised cross-entropy (1 - p_y^q) / q with q = ``GCE_Q`` (Zhang & Sabuncu 2018). Cross-entropy
+            or gce, generalised cross-entropy (1 - p_y^q) / q with q = ``gce_q`` (Zhang & Sabuncu 2018). Cross-entropy
             asks the network to match the label-noise level everywhere, and a network that cannot make the jump
             from one noisy plateau to the next pays for that with misplaced class boundaries; gce bounds each
             row's loss, so mislabelled rows pull less and the boundaries are placed for accuracy. Its
             ``predict_proba`` is then less calibrated. None = log_loss.
+        gce_q: the q of gce, in (0, 1]: larger bounds a mislabelled row's pull more (better on label noise, such as
+            the teacher tasks) but learns slowly from rows the network still gets wrong (worse on many classes).
         weight_decay: L2 coupled into the gradient for adam/sgd, decoupled for adamw (0 = none).
         max_epochs: passes over the training rows (scikit-learn's max_iter); batch_size: rows per step.
         early_stopping: hold out ``validation_fraction`` (stratified for classifiers), stop when the validation
@@ -86,7 +89,7 @@ class _BaseMLP(BaseEstimator):
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (64, 64), activation: str = "relu",
                  optimizer: str = "adam", learning_rate: float = 1e-3, lr_schedule: str = "constant",
-                 momentum: float = 0.9, loss: str | None = None,
+                 momentum: float = 0.9, loss: str | None = None, gce_q: float = GCE_Q,
                  weight_decay: float = 0.0, max_epochs: int = 200, batch_size: int = 64,
                  early_stopping: bool | str = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
                  tol: float = 1e-4, random_state: Any = None, matmul_dtype: str = "auto", device: str = "cpu",
@@ -98,6 +101,7 @@ class _BaseMLP(BaseEstimator):
         self.lr_schedule = lr_schedule
         self.momentum = momentum
         self.loss = loss
+        self.gce_q = gce_q
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -146,6 +150,8 @@ class _BaseMLP(BaseEstimator):
         if self.loss is not None and self.loss not in (CLASSIFIER_LOSSES if self._is_classifier else ()):
             raise ValueError(f"loss must be None or one of {CLASSIFIER_LOSSES if self._is_classifier else ()} "
                              f"for {type(self).__name__}, got {self.loss!r}")
+        if not 0.0 < float(self.gce_q) <= 1.0:
+            raise ValueError(f"gce_q must be in (0, 1], got {self.gce_q}")
         hidden = self.hidden_layer_sizes
         if isinstance(hidden, int | np.integer):
             hidden = (int(hidden),)
@@ -337,13 +343,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         p = torch.softmax(out, 1)  # (B, k)
         if self.loss == "gce":
             # d/dout (1 - p_y^q)/q = p_y^q (softmax - onehot): cross-entropy's gradient, weighted per row
-            w = (p * target).sum(1, keepdim=True).pow_(GCE_Q)  # (B, 1)
+            w = (p * target).sum(1, keepdim=True).pow_(self.gce_q)  # (B, 1)
             return p.sub_(target).mul_(w).mul_(1.0 / out.shape[0])
         return p.sub_(target).mul_(1.0 / out.shape[0])  # softmax - onehot, for the mean loss
 
     def _loss_rows(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp_y = (torch.log_softmax(out, 1) * target).sum(1)  # (B,)
-        return (1.0 - logp_y.mul(GCE_Q).exp()) / GCE_Q if self.loss == "gce" else -logp_y
+        q = self.gce_q
+        return (1.0 - logp_y.mul(q).exp()) / q if self.loss == "gce" else -logp_y
 
     def _val_score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         return float((out.argmax(1) == target.argmax(1)).float().mean())
