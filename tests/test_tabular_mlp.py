@@ -210,3 +210,13 @@ def _expected_failed(estimator) -> dict[str, str]:
 @parametrize_with_checks(_CHECKED, expected_failed_checks=_expected_failed)
 def test_sklearn_estimator_contract(estimator, check) -> None:
     check(estimator)
+
+
+@pytest.mark.parametrize("k", [2, 10, 15, 16, 26])
+def test_row_softmax_matches_torch(k) -> None:
+    """The transposed-view path (under 16 columns) and the plain one both give softmax and log-softmax over rows."""
+    from scalelab.tabular.mlp import row_softmax
+
+    out = torch.randn(37, k, generator=torch.Generator().manual_seed(k))
+    torch.testing.assert_close(row_softmax(out), torch.softmax(out, 1))
+    torch.testing.assert_close(row_softmax(out, log=True), torch.log_softmax(out, 1))

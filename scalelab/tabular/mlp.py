@@ -53,6 +53,14 @@ REFIT_MIN_ROWS = 30  # ... and only on a held-out split this large: on a handful
 # means nothing, and a many-class set's held-out loss rises while its accuracy still improves
 
 
+def row_softmax(out: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """(log-)softmax over each row of (B, k) scores. Under 16 columns it runs along dim 0 of the transposed view:
+    PyTorch's CPU kernel vectorises along the softmax dimension, which a handful of classes cannot fill, and along
+    the rows there instead; the result is a (B, k) view."""
+    f = torch.log_softmax if log else torch.softmax
+    return f(out.t(), 0).t() if out.shape[1] < 16 else f(out, 1)
+
+
 class _BaseMLP(BaseEstimator):
     """Shared fit loop; subclasses define the target encoding, the loss and the outputs.
 
@@ -340,7 +348,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return np.eye(k, dtype=np.float32)[self._label_encoder.transform(y)], k  # one-hot (n, k)
 
     def _loss_grad(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(out, 1)  # (B, k)
+        p = row_softmax(out)  # (B, k)
         if self.loss == "gce":
             # d/dout (1 - p_y^q)/q = p_y^q (softmax - onehot): cross-entropy's gradient, weighted per row
             w = (p * target).sum(1, keepdim=True).pow_(self.gce_q)  # (B, 1)
@@ -348,7 +356,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return p.sub_(target).mul_(1.0 / out.shape[0])  # softmax - onehot, for the mean loss
 
     def _loss_rows(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logp_y = (torch.log_softmax(out, 1) * target).sum(1)  # (B,)
+        logp_y = (row_softmax(out, log=True) * target).sum(1)  # (B,)
         q = self.gce_q
         return (1.0 - logp_y.mul(q).exp()) / q if self.loss == "gce" else -logp_y
 
