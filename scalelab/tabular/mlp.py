@@ -252,7 +252,7 @@ class _BaseMLP(BaseEstimator):
         n = Xt.shape[0]
 
         self.loss_curve_: list[float] = []
-        best, best_state, best_rows, best_epoch, stall = -np.inf, None, None, 0, 0
+        best, best_state, best_rows, best_epoch, stall, rows = -np.inf, None, None, 0, 0, None
         max_epochs = int(self.max_epochs)
         epoch = 0
         for epoch in range(1, (stop_at or max_epochs) + 1):
@@ -286,7 +286,7 @@ class _BaseMLP(BaseEstimator):
                 best, best_epoch, stall = score, epoch, 0
                 if validation is not None and not select:
                     best_state = net.flat.clone()
-                best_rows = rows if validation is not None else None
+                best_rows = rows
             else:
                 stall += 1
             if self.verbose:

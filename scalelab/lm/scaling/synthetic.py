@@ -66,6 +66,16 @@ class Chain:
     def next_state(self, s: np.ndarray, w: np.ndarray) -> np.ndarray:
         return (s % len(self.words) ** (self.order - 1)) * len(self.words) + w
 
+    def state_of(self, first: np.ndarray) -> np.ndarray:
+        """The state after a document's first ``order`` words, (documents, order) word ids, oldest first."""
+        k = len(self.words)
+        return sum(first[:, j] * k ** (self.order - 1 - j) for j in range(self.order))
+
+    def words_of(self, state: np.ndarray) -> np.ndarray:
+        """The inverse of ``state_of``: (documents, order) word ids, oldest first."""
+        k = len(self.words)
+        return np.stack([state // k ** (self.order - 1 - j) % k for j in range(self.order)], axis=1)
+
     def word_marginal(self) -> np.ndarray:
         """Stationary probability of each word (the last word of the state)."""
         return self.pi.reshape(-1, len(self.words)).sum(axis=0)
@@ -168,8 +178,7 @@ def sample_documents(chain: Chain, documents: int, doc_words: int, seed: int) ->
     cum[:, -1] = 1.0
     ids = np.empty((documents, doc_words), dtype=np.int64)
     state = rng.choice(len(chain.pi), size=documents, p=chain.pi)
-    for j in range(chain.order):  # the starting state's words, oldest first
-        ids[:, j] = state // k ** (chain.order - 1 - j) % k
+    ids[:, :chain.order] = chain.words_of(state)
     for t in range(chain.order, doc_words):
         u = rng.random(documents)
         ids[:, t] = np.minimum((cum[state] < u[:, None]).sum(axis=1), k - 1)
@@ -179,10 +188,9 @@ def sample_documents(chain: Chain, documents: int, doc_words: int, seed: int) ->
 
 def doc_code_lengths(chain: Chain, ids: np.ndarray) -> np.ndarray:
     """The true model's code length, in bits, of each document in ``ids`` (documents, doc_words)."""
-    k, o = len(chain.words), chain.order
-    state = sum(ids[:, j] * k ** (o - 1 - j) for j in range(o))  # after the first `order` words
+    state = chain.state_of(ids[:, :chain.order])
     bits = -np.log2(chain.pi[state])
-    for t in range(o, ids.shape[1]):
+    for t in range(chain.order, ids.shape[1]):
         bits -= np.log2(chain.P[state, ids[:, t]])
         state = chain.next_state(state, ids[:, t])
     return bits
